@@ -8,7 +8,9 @@ import sys
 
 # name -> ("module", "function", "one-line help"). Each function takes argv (list[str]) and
 # returns an exit code.
-COMMANDS: dict[str, tuple[str, str, str]] = {}
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "eval": ("zppo_jax.eval.main", "main", "score a model on the benchmark suite; eval compare A B"),
+}
 
 
 def _usage() -> str:

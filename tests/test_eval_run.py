@@ -1,0 +1,302 @@
+"""Scoring, judge fallback, resume, reports and the CLI of `zppo eval`, on the fixture releases.
+
+Responses are recorded (a `RecordedGenerator`), so every expected score below is computed by hand.
+The judge is the real `OpenAICompatibleJudge` talking to a stub HTTP server on 127.0.0.1.
+"""
+import http.server
+import itertools
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from test_eval_benchmarks import write_suite
+from zppo_jax import cli
+from zppo_jax.eval import benchmarks, report, runner
+from zppo_jax.eval.items import EvalItem, Mode
+from zppo_jax.eval.prompts import build_prompt
+from zppo_jax.eval.scoring import Scorer
+from zppo_jax.rewards import GradingPool, OpenAICompatibleJudge
+
+# Judge stub: the reply for a response (the text between <response> tags). Anything not listed is
+# judged wrong with a well-formed verdict.
+JUDGE_REPLIES = {
+    "The answer is A.": '{"verdict": "correct"}',
+    "\\boxed{blue}": '{"verdict": "correct"}',                       # well-formed: correct
+    "\\boxed{purple}": 'Sure! {"verdict": "correct"}',               # prose around JSON: wrong
+    "\\boxed{green}": '{"verdict": "correct", "confidence": 1}',      # extra key: wrong
+    "\\boxed{orange}": '<think>hmm</think>{"verdict": "correct"}',   # reasoning removed: correct
+    "La capitale de l'Italie est Rome.": '{"verdict": "correct"}',
+}
+
+
+class _JudgeHandler(http.server.BaseHTTPRequestHandler):
+  requests: list = []
+
+  def do_POST(self):  # noqa: N802 - the http.server API.
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    prompt = body["messages"][0]["content"]
+    type(self).requests.append(prompt)
+    response = re.search(r"<response>\n(.*)\n</response>", prompt, re.DOTALL).group(1)
+    content = JUDGE_REPLIES.get(response, '{"verdict": "wrong"}')
+    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.end_headers()
+    self.wfile.write(payload.encode())
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.fixture(scope="module")
+def pool():
+  p = GradingPool(num_workers=1, timeout_s=30.0)
+  yield p
+  p.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("eval_data")
+  write_suite(d)
+  return d
+
+
+def _uids(name, data_dir):
+  bench = benchmarks.BENCHMARKS[name]
+  return [build_prompt(name, it).uid for it in runner.load_items(bench, data_dir).items]
+
+
+# Recorded responses per benchmark, in item order, and the score each must get.
+RESPONSES = {
+    "mmlu": [("<think>1+1 is 2, so \\boxed{A}?</think> It is \\boxed{B}", 1.0, "parser:choice"),
+             ("\\boxed{3}", 0.0, "parser:choice"),         # option text "3" is C; gold D
+             ("The answer is A.", 1.0, "judge")],           # no box: the judge decides
+    "ai2d": [("\\boxed{larva}", 1.0, "parser:choice"), ("\\boxed{(B)}", 0.0, "parser:choice")],
+    "mathvista": [("\\boxed{7}", 1.0, "parser:choice"), ("\\boxed{4.0}", 1.0, "parser:numeric"),
+                  ("\\boxed{0.34}", 0.0, "parser:numeric"), ("\\boxed{Red.}", 1.0, "parser:exact")],
+    "infovqa": [("\\boxed{1991}", 1.0, "parser:anls"),
+                ("\\boxed{united state}", 12 / 13, "parser:anls")],
+    "gpqa_diamond": None,  # Filled from the shuffled gold letters: right, then wrong.
+    "aime25": [("\\boxed{2}", 1.0, "parser:math"), ("x = \\boxed{0.5}", 1.0, "parser:math")],
+    "mmvet": [("\\boxed{A red square}", 1.0, "parser:match"), ("\\boxed{blue}", 1.0, "judge")],
+    "ocrbench_v2_en": [("\\boxed{STOP}", 1.0, "parser:ocr_vqa"),
+                       ("\\boxed{[10, 10, 20, 20]}", 1.0, "parser:ocr_iou")],
+    "ocrbench_v2_zh": [("\\boxed{你们好}", 0.0, "parser:ocr_vqa")],
+    "mvbench": [("\\boxed{B}", 1.0, "parser:choice")],
+    "videomme": [("\\boxed{C}", 1.0, "parser:choice")],
+    "videomme_sub": [("\\boxed{A}", 0.0, "parser:choice")],
+    "multichallenge": [("La capitale de l'Italie est Rome.", 1.0, "judge")],
+    "mmlu_redux": [("\\boxed{B}", 1.0, "parser:choice")],
+}
+
+
+@pytest.fixture(scope="module")
+def recorded(data_dir):
+  """(responses by prompt uid, expected (score, path) by prompt uid)."""
+  responses, expected = {}, {}
+  gpqa = runner.load_items(benchmarks.BENCHMARKS["gpqa_diamond"], data_dir).items
+  wrong = "A" if gpqa[1].gold != "A" else "B"
+  table = dict(RESPONSES, gpqa_diamond=[(f"\\boxed{{{gpqa[0].gold}}}", 1.0, "parser:choice"),
+                                        (f"\\boxed{{{wrong}}}", 0.0, "parser:choice")])
+  for name, rows in table.items():
+    uids = _uids(name, data_dir)
+    assert len(uids) == len(rows), name
+    for uid, (response, score, path) in zip(uids, rows):
+      responses[uid], expected[uid] = response, (score, path)
+  return responses, expected
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_dir, recorded, judge_url, pool):
+  out = tmp_path_factory.mktemp("run")
+  scorer = Scorer(judge=OpenAICompatibleJudge(judge_url, "stub", max_retries=0), pool=pool)
+  chosen = [benchmarks.BENCHMARKS[n] for n in RESPONSES]
+  counts = runner.run_eval(chosen, data_dir, out, runner.RecordedGenerator(recorded[0]), scorer,
+                           runner.DecodingConfig(batch_size=2))
+  return out, counts
+
+
+def test_every_sample_scores_exactly(full_run, recorded):
+  out, counts = full_run
+  expected = recorded[1]
+  seen = 0
+  for name in RESPONSES:
+    for uid, verdict in runner.read_verdicts(out / "samples" / f"{name}.jsonl").items():
+      assert (verdict.score, verdict.path) == pytest.approx(expected[f"{name}/{uid}"]), uid
+      seen += 1
+  assert seen == len(expected)
+  assert counts["mmlu_redux"]["skipped"] == {"excluded": 1, "bad_row": 1}
+
+
+def test_report_accuracies_and_family_averages(full_run):
+  out, _ = full_run
+  summary = report.write_report(out)
+  acc = {n: b["accuracy"] for n, b in summary["benchmarks"].items()}
+  assert acc["mmlu"] == pytest.approx(200 / 3)
+  assert acc["infovqa"] == pytest.approx(100 * (1 + 12 / 13) / 2)
+  assert acc["mathvista"] == 75.0 and acc["ocrbench_v2_zh"] == 0.0
+  vlm = ["ai2d", "mathvista", "infovqa", "mmvet", "ocrbench_v2_en", "ocrbench_v2_zh"]
+  assert summary["families"]["vlm"]["accuracy"] == pytest.approx(np.mean([acc[n] for n in vlm]))
+  assert summary["families"]["vlm"]["benchmarks"] == 6
+  assert summary["families"]["video"]["accuracy"] == pytest.approx(200 / 3)
+  assert summary["benchmarks"]["mmlu"]["paths"] == {"parser:choice": 2, "judge": 1}
+  md = (out / "report.md").read_text()
+  assert "| MMLU | LLM | 66.7 | 3 / 3 | 1 |" in md
+  assert "| VLM |" in md and "(partial)" in md
+  assert json.loads((out / "report.json").read_text()) == summary
+
+
+def test_judge_contract_malformed_is_wrong(judge_url, pool):
+  items = [EvalItem(str(k), "Which color?", "red", Mode.JUDGE) for k in range(5)]
+  responses = ["\\boxed{blue}", "\\boxed{purple}", "\\boxed{green}", "\\boxed{orange}",
+               "\\boxed{grey}"]
+  judge = OpenAICompatibleJudge(judge_url, "stub", max_retries=0)
+  verdicts = Scorer(judge=judge, pool=pool).score(items, responses)
+  assert [v.score for v in verdicts] == [1.0, 0.0, 0.0, 1.0, 0.0]
+  assert {v.path for v in verdicts} == {"judge"}
+  assert judge.stats.malformed == 2
+
+
+def test_judge_sees_options_and_gold_text(judge_url, pool):
+  _JudgeHandler.requests.clear()
+  item = EvalItem("q", "Pick one.", "B", Mode.CHOICE, choices=("cat", "dog"))
+  Scorer(judge=OpenAICompatibleJudge(judge_url, "stub", max_retries=0), pool=pool).score(
+      [item], ["<think>...</think>I pick the dog"])
+  (prompt,) = _JudgeHandler.requests
+  assert "Pick one.\nA. cat\nB. dog" in prompt
+  assert "<reference_answer>\nB. dog\n</reference_answer>" in prompt
+  assert "<response>\nI pick the dog\n</response>" in prompt  # Reasoning removed.
+
+
+def test_unreachable_judge_and_no_judge_are_wrong(pool):
+  item = EvalItem("q", "Which color?", "red", Mode.JUDGE)
+  dead = OpenAICompatibleJudge("http://127.0.0.1:9/v1", "stub", max_retries=0, timeout_s=2)
+  assert Scorer(judge=dead, pool=pool).score([item], ["\\boxed{blue}"])[0].score == 0.0
+  (v,) = Scorer(judge=None, pool=pool).score([item], ["\\boxed{blue}"])
+  assert (v.score, v.path, v.extracted) == (0.0, "no_judge", "blue")
+
+
+class _CountingGenerator(runner.RecordedGenerator):
+  def __init__(self, responses):
+    super().__init__(responses)
+    self.prompts = []
+
+  def generate(self, prompts):
+    self.prompts += [p.uid for p in prompts]
+    return super().generate(prompts)
+
+
+def test_resume_skips_finished_samples(tmp_path, data_dir, recorded, pool):
+  bench = benchmarks.BENCHMARKS["mmlu"]
+  scorer = Scorer(pool=pool)
+  decoding = runner.DecodingConfig(batch_size=2)
+  first = _CountingGenerator(recorded[0])
+  counts = runner.run_benchmark(bench, data_dir, tmp_path, first, scorer, decoding,
+                                max_batches=1)  # "Interrupted" after one batch.
+  assert counts["generated"] == 2 and len(first.prompts) == 2
+  samples = tmp_path / "samples/mmlu.jsonl"
+  # A crash in the middle of the next write leaves a torn line: it is ignored and redone.
+  with samples.open("a") as f:
+    f.write('{"uid": "x", "score": 1.0, "pa')
+  second = _CountingGenerator(recorded[0])
+  counts = runner.run_benchmark(bench, data_dir, tmp_path, second, scorer, decoding)
+  assert counts["done_before"] == 2 and counts["generated"] == 1
+  assert second.prompts == [u for u in _uids("mmlu", data_dir) if u not in first.prompts]
+  verdicts = runner.read_verdicts(samples)
+  assert len(verdicts) == 3
+  third = _CountingGenerator(recorded[0])
+  assert runner.run_benchmark(bench, data_dir, tmp_path, third, scorer, decoding)["generated"] == 0
+  assert third.prompts == []
+
+
+def test_restart_with_other_settings_is_refused(tmp_path, data_dir, recorded, pool):
+  bench = [benchmarks.BENCHMARKS["aime25"]]
+  gen = runner.RecordedGenerator(recorded[0])
+  runner.run_eval(bench, data_dir, tmp_path, gen, Scorer(pool=pool))
+  with pytest.raises(ValueError, match="decoding differ"):
+    runner.run_eval(bench, data_dir, tmp_path, gen, Scorer(pool=pool),
+                    runner.DecodingConfig(temperature=1.0))
+
+
+def test_bootstrap_equals_a_direct_computation():
+  values = np.array([1.5, -2.0, 4.0, 0.25, 3.0])
+  low, high = report.bootstrap_mean_ci(values, resamples=2000, seed=7)
+  rng = np.random.default_rng(7)
+  means = []
+  for _ in range(2000):
+    draw = rng.integers(0, 5, size=5)
+    means.append(sum(values[i] for i in draw) / 5)
+  means.sort()
+  # numpy's default quantile: linear interpolation at position q * (n - 1).
+  def quantile(q):
+    pos = q * (len(means) - 1)
+    lo = int(np.floor(pos))
+    return means[lo] + (means[min(lo + 1, len(means) - 1)] - means[lo]) * (pos - lo)
+  assert low == pytest.approx(quantile(0.025), abs=1e-12)
+  assert high == pytest.approx(quantile(0.975), abs=1e-12)
+
+
+def test_bootstrap_matches_the_exact_distribution():
+  # With 3 benchmarks there are 27 equally likely resamples; their means' 2.5% and 97.5%
+  # quantiles are the smallest and largest value (each has probability 1/27 > 2.5%).
+  values = [2.0, -1.0, 5.0]
+  exact = sorted(np.mean(c) for c in itertools.product(values, repeat=3))
+  low, high = report.bootstrap_mean_ci(values)
+  assert (low, high) == (exact[0], exact[-1]) == (-1.0, 5.0)
+  # The 25% quantile of the exact distribution vs 10,000 resamples.
+  means = np.random.default_rng(0).choice(values, size=(10_000, 3)).mean(axis=1)
+  assert abs(np.mean(means <= 1.0) - np.mean(np.array(exact) <= 1.0)) < 0.02
+
+
+def _fake_run(path, accuracies):
+  (path / "samples").mkdir(parents=True)
+  for name, acc in accuracies.items():
+    n = 4
+    rows = [{"uid": str(k), "score": float(k < acc * n), "path": "parser:choice",
+             "extracted": None, "gold": "A", "response": ""} for k in range(n)]
+    (path / "samples" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_compare_runs(tmp_path):
+  a = _fake_run(tmp_path / "a", {"mmlu": 0.5, "aime25": 0.25, "ai2d": 0.5})
+  b = _fake_run(tmp_path / "b", {"mmlu": 0.75, "aime25": 0.75, "ai2d": 0.25, "mmvet": 1.0})
+  result = report.compare(a, b)
+  assert result["families"]["llm"]["diff"] == pytest.approx(37.5)
+  assert result["families"]["llm"]["ci95"] == pytest.approx([25.0, 50.0])
+  assert result["families"]["vlm"] == {"a": 50.0, "b": 25.0, "diff": -25.0,
+                                       "ci95": [-25.0, -25.0], "benchmarks": 1}
+  assert "mmvet" not in result["benchmarks"]
+
+
+def test_cli_eval_and_compare(tmp_path, data_dir, recorded, capsys):
+  responses = tmp_path / "responses.jsonl"
+  responses.write_text("".join(json.dumps({"uid": u, "response": r}) + "\n"
+                               for u, r in recorded[0].items()))
+  common = ["--responses", str(responses), "--benchmarks", "aime25,gpqa_diamond",
+            "--data-dir", str(data_dir), "--grading-timeout", "30"]
+  assert cli.main(["eval", *common, "--out", str(tmp_path / "run")]) == 0
+  summary = json.loads((tmp_path / "run/report.json").read_text())
+  assert summary["families"]["llm"]["accuracy"] == pytest.approx(75.0)
+  # Re-running the command resumes: nothing is generated again.
+  assert cli.main(["eval", *common, "--out", str(tmp_path / "run")]) == 0
+  assert '"generated": 0' in capsys.readouterr().out
+  assert cli.main(["eval", "compare", str(tmp_path / "run"), str(tmp_path / "run"),
+                   "--out", str(tmp_path / "cmp")]) == 0
+  assert json.loads((tmp_path / "cmp/compare.json").read_text())["families"]["llm"]["diff"] == 0
+  assert cli.main(["eval", *common[:2], "--benchmarks", "nope", "--data-dir", "x",
+                   "--out", "y"]) == 2

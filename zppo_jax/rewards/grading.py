@@ -1,0 +1,229 @@
+"""Grading one answer against its gold answer (shared/ZPPO_SPEC.md §5), in process.
+
+Order of the checks, first success wins:
+  1. Multiple choice: when the gold answer is a single option letter (``B``, ``(B)``, ``B.``), the
+     answer's letter (``B``, ``(B)``, ``B. text``, ``\\text{B}``) must equal it, or, when the
+     options are given, the answer may be the gold option's text (and a gold option text may be
+     answered by its letter).
+  2. Normalised string equality (whitespace, ``\\text{}``, ``\\left``/``\\right``, a final period).
+  3. LaTeX / numeric equivalence with ``math_verify.parse`` + ``math_verify.verify``.
+  4. Once more, with degree (``°``, ``^\\circ``, ``\\circ``, ``\\deg``) and percent (``%``, ``\\%``)
+     marks stripped from both sides.
+Free-form text gold answers (see `is_free_form`) skip math-verify, whose symbol algebra would call
+``Paris`` and ``sirap`` equal; the caller sends them to a judge when one is configured.
+
+math-verify bounds its own parse/verify calls with ``signal.alarm``, which only works on the main
+thread; elsewhere these soft timeouts are off. The hard bound (a call stuck in C code) comes from
+`zppo_jax.rewards.pool.GradingPool`, which runs this module in worker processes.
+"""
+import dataclasses
+import functools
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+
+from zppo_jax.rewards.extract import extract_answer
+
+_log = logging.getLogger(__name__)
+
+Choices = Mapping[str, str] | Sequence[str] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GradeConfig:
+  """Knobs of the in-process grader.
+
+  Attributes:
+    soft_timeout_s: math-verify's own per-call timeout (whole seconds, main thread only; None
+      turns it off). Each of parse(gold), parse(answer), verify and the retry gets this much.
+    max_answer_chars: answers longer than this are compared as strings only (no sympy).
+    float_rounding: decimal places math-verify rounds floats to before comparing.
+  """
+  soft_timeout_s: int | None = 2
+  max_answer_chars: int = 1000
+  float_rounding: int = 6
+
+
+DEFAULT_CONFIG = GradeConfig()
+
+_LETTER_RE = re.compile(r"^\(?\s*([A-Z])\s*\)?\s*[.:)]?$")
+# An answer that starts with an option letter followed by its text: "B. 12", "(B) 12", "B) 12".
+_LETTER_PREFIX_RE = re.compile(r"^\(?\s*([A-Z])\s*(?:\)|\.|:)(?:\s+.*)?$", re.DOTALL)
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_DEGREE_PERCENT_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\\deg|\\%|%")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+
+
+def _unwrap(text: str) -> str:
+  """Removes text-style wrappers (``\\text{B}`` -> ``B``) repeatedly, innermost first."""
+  for _ in range(8):
+    new = _WRAPPER_RE.sub(r"\1", text)
+    if new == text:
+      break
+    text = new
+  return text
+
+
+def normalize_text(text: str) -> str:
+  """A light, meaning-preserving normal form for string comparison."""
+  text = _unwrap(text)
+  text = text.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "")
+  text = text.replace("$", "")
+  text = re.sub(r"\s+", " ", text).strip()
+  return text.rstrip(".").strip().lower()
+
+
+def option_letter(text: str, *, allow_text: bool) -> str | None:
+  """The option letter an answer names, or None.
+
+  Args:
+    text: a gold answer or an extracted answer.
+    allow_text: accept a letter followed by option text (``B. 12``); used for answers, not golds.
+  """
+  # Case matters: a lower-case `x` or `a` is a variable or an article, not an option.
+  text = re.sub(r"\s+", " ", _unwrap(text).replace("$", "")).strip() if text else ""
+  match = _LETTER_RE.match(text)
+  if match is None and allow_text:
+    match = _LETTER_PREFIX_RE.match(text)
+  return match.group(1) if match else None
+
+
+def _choices_map(choices: Choices) -> dict[str, str]:
+  if not choices:
+    return {}
+  if isinstance(choices, Mapping):
+    return {str(k).strip().upper(): str(v) for k, v in choices.items()}
+  return {chr(ord("A") + i): str(v) for i, v in enumerate(choices)}
+
+
+def is_free_form(gold: str) -> bool:
+  """Whether a gold answer is prose rather than math (then only a judge can grade paraphrases).
+
+  Prose means, once LaTeX commands are removed: a letter run of 4 or more (``Paris``), or two or
+  more runs of 2 or more letters (``red car``). ``x^2 + y``, ``\\frac{\\pi}{2}``, ``(1, 2]``,
+  ``sin x`` and option letters are math.
+  """
+  runs = re.findall(r"[A-Za-z]+", _COMMAND_RE.sub(" ", _unwrap(gold)))
+  long_runs = [r for r in runs if len(r) >= 2]
+  return any(len(r) >= 4 for r in runs) or len(long_runs) >= 2
+
+
+def strip_degree_percent(text: str) -> str:
+  """Removes degree and percent marks (``°``, ``^\\circ``, ``^{\\circ}``, ``\\circ``, ``\\deg``,
+  ``%``, ``\\%``)."""
+  return _DEGREE_PERCENT_RE.sub("", text).strip()
+
+
+def _on_main_thread() -> bool:
+  return threading.current_thread() is threading.main_thread()
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str, timeout: int | None):
+  """math_verify.parse of ``\\boxed{text}``, cached: one gold answer is graded G_S times a step."""
+  from math_verify import parse  # Imported lazily: sympy takes ~0.5 s to import.
+  return parse("\\boxed{" + text + "}", parsing_timeout=timeout)
+
+
+def _math_equal(answer: str, gold: str, config: GradeConfig) -> bool:
+  """math-verify equivalence of two bare answers; any failure (error, timeout) is False."""
+  from math_verify import verify
+  timeout = config.soft_timeout_s if _on_main_thread() else None
+  try:
+    gold_parsed = _parse_cached(gold, timeout)
+    answer_parsed = _parse_cached(answer, timeout)
+    if not gold_parsed or not answer_parsed:
+      return False
+    return bool(verify(gold_parsed, answer_parsed, float_rounding=config.float_rounding,
+                       timeout_seconds=timeout))
+  except Exception:  # noqa: BLE001 - sympy raises anything on odd input; a failure is a 0.
+    return False
+
+
+def _multiple_choice(answer: str, gold: str, options: dict[str, str], config: GradeConfig
+                    ) -> bool | None:
+  """Multiple-choice verdict, or None when the gold answer is not an option (letter or text)."""
+  gold_letter = option_letter(gold, allow_text=False)
+  if gold_letter is None and options:
+    # A gold answer written as an option's text: find its letter.
+    for letter, text in options.items():
+      if normalize_text(text) == normalize_text(gold):
+        gold_letter = letter
+        break
+  if gold_letter is None:
+    return None
+  answer_letter = option_letter(answer, allow_text=True)
+  if answer_letter is not None and (not options or answer_letter in options
+                                    or answer_letter == gold_letter):
+    return answer_letter == gold_letter
+  gold_text = options.get(gold_letter)
+  if gold_text is None:
+    return False
+  if normalize_text(answer) == normalize_text(gold_text):
+    return True
+  # The answer may be an equivalent form of the option's text (`0.5` for `1/2`), but must not be
+  # a form of another option's text too.
+  if is_free_form(gold_text) or len(answer) > config.max_answer_chars:
+    return False
+  return _math_equal(answer, gold_text, config)
+
+
+def grade_answer(answer: str | None, gold: str, choices: Choices = None,
+                 config: GradeConfig = DEFAULT_CONFIG) -> float:
+  """Grades an extracted answer against the gold answer (no judge).
+
+  Args:
+    answer: the extracted final answer, or None when the response had no box.
+    gold: the reference answer (LaTeX, a number, an option letter or text).
+    choices: the options of a multiple-choice question, as ``{"A": text, ...}`` or a list in
+      letter order; None for open questions.
+    config: timeouts and limits.
+
+  Returns:
+    1.0 when the answer is equivalent to the gold answer, else 0.0. Never raises.
+  """
+  try:
+    if answer is None or not isinstance(gold, str):
+      return 0.0
+    answer = answer.strip()
+    gold = gold.strip()
+    if not answer or not gold:
+      return 0.0
+    verdict = _multiple_choice(answer, gold, _choices_map(choices), config)
+    if verdict is not None:
+      return float(verdict)
+    if normalize_text(answer) == normalize_text(gold):
+      return 1.0
+    if is_free_form(gold) or len(answer) > config.max_answer_chars:
+      return 0.0
+    if _math_equal(answer, gold, config):
+      return 1.0
+    answer_bare, gold_bare = strip_degree_percent(answer), strip_degree_percent(gold)
+    if (answer_bare, gold_bare) != (answer, gold) and answer_bare and gold_bare:
+      if normalize_text(answer_bare) == normalize_text(gold_bare):
+        return 1.0
+      return float(_math_equal(answer_bare, gold_bare, config))
+    return 0.0
+  except Exception:  # noqa: BLE001 - grading never raises; a failure is a 0.
+    _log.debug("grading failed for %r vs %r", answer, gold, exc_info=True)
+    return 0.0
+
+
+def grade_local(response: str, gold: str, choices: Choices = None,
+                config: GradeConfig = DEFAULT_CONFIG) -> float:
+  """Extracts the final answer of a response and grades it, in this process (soft timeouts only).
+
+  Args:
+    response: a full model response.
+    gold: the reference answer.
+    choices: multiple-choice options, if any.
+    config: timeouts and limits.
+
+  Returns:
+    1.0 or 0.0.
+  """
+  try:
+    return grade_answer(extract_answer(response), gold, choices, config)
+  except Exception:  # noqa: BLE001
+    return 0.0

@@ -1,0 +1,175 @@
+"""The trainer's side of the ZPPO core: prompts, reformulations, advantages and the buffer refresh.
+
+The rules live in `zppo_jax.zppo` (templates, reformulation, replay buffer) and
+`zppo_jax.rl.advantages`; this module turns the loop's `Group`s into their inputs and their
+outputs back into rollout specs and metrics.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+
+from zppo_jax.data.prompts import encode_prompt
+from zppo_jax.rl.advantages import compute_advantages
+from zppo_jax.train.groups import Group
+from zppo_jax.zppo import reformulate, templates
+from zppo_jax.zppo.replay_buffer import ReplayBuffer
+
+# A spec the loop rolls out: (record, kind, prompt ids, forced prefix ids, extra).
+Spec = tuple
+
+
+def user_text(question: str) -> str:
+  """The user turn of a plain prompt: format instructions stripped, RL closer appended."""
+  return templates.rl_prompt(templates.strip_format_instructions(question))
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+  return encode_prompt(tokenizer, user_text(question))
+
+
+def strip_record(record: dict) -> dict:
+  """The question as the buffer stores it: everything but the tokenised prompt."""
+  return {k: v for k, v in record.items() if k != "prompt_ids"}
+
+
+def make_buffer(config) -> ReplayBuffer:
+  import jax  # The partition follows the JAX processes of a multi-host run.
+  return ReplayBuffer(config.rl.buffer_capacity, config.rl.tau,
+                      num_processes=jax.process_count(), process_index=jax.process_index())
+
+
+def reformulation_config(config, flags: dict) -> reformulate.ReformulationConfig:
+  rl = config.rl
+  return reformulate.ReformulationConfig(
+      threshold=rl.tau, aug_ratio=rl.aug_ratio, use_bcq=bool(flags["bcq"]),
+      use_ncq=bool(flags["ncq"]), compress=rl.compress,
+      raw_candidate_max_tokens=rl.compress_max_tokens,
+      compression_max_new_tokens=rl.compress_max_tokens,
+      cache_teacher_rollouts=rl.cache_teacher_rollouts, prefix_fraction=rl.prefix_fraction)
+
+
+def question_groups(plain: Sequence[Group], teacher: Sequence[Group], num_new: int
+                    ) -> list[reformulate.QuestionGroup]:
+  """The core's view of the step: plain rollouts, and teacher rollouts for the hard ones."""
+  by_qid = {g.qid: g for g in teacher}
+  out = []
+  for i, g in enumerate(plain):
+    t = by_qid.get(g.qid)
+    out.append(reformulate.QuestionGroup(
+        qid=g.qid, question=g.record["question"], gold=g.record["answer"],
+        plain_accuracy=g.accuracy,
+        student_rollouts=tuple(reformulate.Rollout.of(x, r) for x, r in zip(g.texts, g.rewards)),
+        teacher_rollouts=() if t is None else tuple(
+            reformulate.Rollout.of(x, r, c.tokens)
+            for x, r, c in zip(t.texts, t.rewards, t.completions)),
+        images=tuple(g.record.get("images") or ()), replayed=i >= num_new,
+        choices=g.record.get("choices")))
+  return out
+
+
+def hard_set(plain: Sequence[Group], num_new: int, config, flags: dict) -> list[Group]:
+  """The pre-capped hard set, hardest first (new and replayed together)."""
+  groups = question_groups(plain, (), num_new)
+  kept = reformulate.select_hard(groups, num_new, reformulation_config(config, flags))
+  by_qid = {g.qid: g for g in plain}
+  return [by_qid[q.qid] for q in kept]
+
+
+def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, config,
+                flags: dict, rng: random.Random, tokenizer,
+                teacher_text: Callable[[list[str], int], list[str]]
+                ) -> tuple[list[Spec], dict[str, float]]:
+  """BCQ / NCQ, hint or prefix prompts of the step, as rollout specs, and their counts.
+
+  Args:
+    plain: the step's plain groups (new first, then replayed).
+    teacher: teacher groups of the pre-capped hard questions.
+    num_new: |X_new|.
+    config, flags: the run config and its method flags.
+    rng: the step's seeded RNG for the random picks.
+    tokenizer: for prompts and for truncating raw candidates.
+    teacher_text: ``(user prompts, max new tokens) -> outputs``, the teacher's text jobs.
+  """
+  rcfg = reformulation_config(config, flags)
+  groups = question_groups(plain, teacher, num_new)
+  records = {g.qid: g.record for g in plain}
+  metrics: dict[str, float] = {}
+  if flags["bcq"] or flags["ncq"]:
+    plan = reformulate.plan_reformulations(groups, num_new, rcfg, rng,
+                                           truncate=_token_truncate(tokenizer))
+    outputs = (teacher_text(plan.compression_prompts, rcfg.compression_max_new_tokens)
+               if rcfg.compress and plan.compression_prompts else [])
+    reforms = plan.finalize(outputs)
+    metrics.update({"reform/dropped": plan.num_dropped,
+                    "reform/compressions": len(plan.compression_prompts)})
+  elif flags["hint"]:
+    plan = reformulate.plan_hints(groups, num_new, rcfg, rng)
+    outputs = (teacher_text(plan.hint_prompts, rcfg.compression_max_new_tokens)
+               if plan.hint_prompts else [])
+    reforms = plan.finalize(outputs)
+  else:
+    reforms = reformulate.build_prefixes(groups, num_new, rcfg, rng)
+  specs = []
+  for r in reforms:
+    prefix = list(r.meta.get("prefix_token_ids", ()))
+    specs.append((records[r.qid], r.kind, encode_prompt(tokenizer, r.prompt_text), prefix,
+                  dict(r.meta)))
+  for kind in ("bcq", "ncq", "hint", "prefix"):
+    metrics[f"reform/{kind}"] = sum(r.kind == kind for r in reforms)
+  return specs, metrics
+
+
+def _token_truncate(tokenizer) -> Callable[[str, int], str]:
+  def truncate(text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+  return truncate
+
+
+def advantages(rewards: np.ndarray, group_ids: np.ndarray, norm: str) -> np.ndarray:
+  """A per rollout (group baseline, then the batch normalisation), as float32[N] on the host."""
+  if rewards.size == 0:
+    return rewards
+  return np.asarray(compute_advantages(rewards, group_ids, norm=norm), np.float32)
+
+
+def diagnostics(groups: Sequence[Group], teacher: Sequence[Group]) -> dict[str, float]:
+  """The paper's per-step diagnostics: BCQ match rates, NCQ repeats, teacher success."""
+  from zppo_jax.rewards import extract_answer
+  out: dict[str, float] = {}
+  bcq = [(g, t) for g in groups if g.kind == "bcq" for t in g.texts]
+  pos = [extract_answer(t) == g.extra.get("correct_answer")
+         for (g, t), r in zip(bcq, [r for g in groups if g.kind == "bcq" for r in g.rewards]) if r]
+  neg = [extract_answer(t) == g.extra.get("wrong_answer")
+         for (g, t), r in zip(bcq, [r for g in groups if g.kind == "bcq" for r in g.rewards])
+         if not r]
+  if pos:
+    out["diag/bcq_match_positive"] = float(np.mean(pos))
+  if neg:
+    out["diag/bcq_match_negative"] = float(np.mean(neg))
+  repeats = [extract_answer(t) in g.extra.get("wrong_answers", [])
+             for g in groups if g.kind == "ncq" for t in g.texts]
+  if repeats:
+    out["diag/ncq_repeat_wrong"] = float(np.mean(repeats))
+  if teacher:
+    out["diag/teacher_success"] = float(np.mean([any(t.rewards) for t in teacher]))
+    out["diag/teacher_accuracy"] = float(np.mean([r for t in teacher for r in t.rewards]))
+  return out
+
+
+def refresh_buffer(buffer: ReplayBuffer, accuracy: dict[str, float], records: Sequence[dict],
+                   totals: dict[str, float]) -> dict[str, float]:
+  """Step 10: admit, graduate, evict; per-step and cumulative counts."""
+  step = buffer.update(accuracy, questions={r["id"]: strip_record(r) for r in records})
+  out = {"buffer/size": len(buffer)}
+  for key, value in step.items():
+    out[f"buffer/{key}"] = value
+    totals[key] = totals.get(key, 0) + value
+    out[f"buffer/{key}_total"] = totals[key]
+  for name in ("admitted", "graduated"):
+    for bin_key, count in buffer.counters[f"{name}_by_entry_accuracy"].items():
+      out[f"buffer/{name}_bin/{bin_key}"] = count
+  return out

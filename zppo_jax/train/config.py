@@ -1,0 +1,200 @@
+"""The run configuration: every field declared once, with the paper's values as defaults.
+
+Config files under `configs/` start from `base_config()` and change what their setting needs;
+`load_config` reads such a file (with its `:arg`) and applies `--config.a.b=v` overrides. Symbols in
+the comments are those of the paper (shared/ZPPO_SPEC.md).
+"""
+from __future__ import annotations
+
+import pathlib
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+# method -> (replay buffer, BCQ, NCQ, hint, prefix, distillation). One loop runs all of them.
+METHODS: dict[str, dict[str, object]] = {
+    "grpo": dict(replay=False, bcq=False, ncq=False, hint=False, prefix=False, distill=""),
+    "grpo_replay": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False, distill=""),
+    "grpo_both": dict(replay=False, bcq=True, ncq=True, hint=False, prefix=False, distill=""),
+    "grpo_replay_bcq": dict(replay=True, bcq=True, ncq=False, hint=False, prefix=False, distill=""),
+    "grpo_replay_ncq": dict(replay=True, bcq=False, ncq=True, hint=False, prefix=False, distill=""),
+    "zppo": dict(replay=True, bcq=True, ncq=True, hint=False, prefix=False, distill=""),
+    "hint": dict(replay=True, bcq=False, ncq=False, hint=True, prefix=False, distill=""),
+    "prefix": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=True, distill=""),
+    "off_distill": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False,
+                        distill="off"),
+    "on_distill": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False, distill="on"),
+}
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = "configs/demo.py"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields of a run, set to the paper's values (shared/ZPPO_SPEC.md §2-4)."""
+  c = ml_collections.ConfigDict()
+  c.name = "zppo"
+  c.method = "zppo"
+  c.seed = 0
+  c.total_steps = 200             # one pass over ZPPO-77K: 200 steps x 384 prompts.
+  c.checkpoint_every = 10
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.log_every = 1
+  c.eval_every = 0                # held-out evaluation every N steps (0 = only before and after).
+
+  c.student = ml_collections.ConfigDict()
+  c.student.checkpoint = ""       # HF checkpoint directory of the student.
+  c.student.param_dtype = "bfloat16"
+  c.student.compute_dtype = "bfloat16"
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.checkpoint = ""       # HF checkpoint directory of the frozen teacher.
+  c.teacher.param_dtype = "bfloat16"
+  c.teacher.compute_dtype = "bfloat16"
+  c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
+  c.teacher.endpoint = ""         # optional OpenAI-compatible URL for teacher text jobs.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train_path = ""          # JSONL or Parquet prompt records (id, question, answer).
+  c.data.eval_path = ""           # held-out prompt records for before/after accuracy.
+  c.data.tokenizer = ""           # HF tokenizer directory (defaults to the student checkpoint).
+  c.data.max_prompt_tokens = 4096
+  c.data.shuffle = True
+  c.data.num_epochs = 0           # 0 = repeat forever.
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.batch_prompts = 384        # |X_new|
+  c.rl.group_size = 8             # G_S
+  c.rl.teacher_group_size = 4     # G_T
+  c.rl.tau = 0.5                  # hard threshold on plain group accuracy
+  c.rl.replay_ratio = 0.25        # rho_replay
+  c.rl.aug_ratio = 0.25           # rho_aug
+  c.rl.buffer_capacity = 10_000   # |B|max
+  c.rl.inner_updates = 4          # I
+  c.rl.adv_norm = "without_zero"  # without_zero | with_zero | none
+  c.rl.clip_low = 0.2
+  c.rl.clip_high = 0.28
+  c.rl.dual_clip = 10.0
+  c.rl.loss_agg = "token_mean"
+  c.rl.kl_coef = 0.0
+  c.rl.kl_estimator = "k3"
+  c.rl.cache_teacher_rollouts = False
+  c.rl.compress = True
+  c.rl.compress_max_tokens = 512
+  c.rl.prefix_fraction = 0.4
+  c.rl.jsd_beta = 0.5
+  c.rl.pack_row_len = 16_384      # tokens per packed training row (prompt + response fit one row)
+  c.rl.micro_batch_rows = 0       # rows per gradient-accumulation micro-batch (0 = whole batch)
+  c.rl.distill_with_buffer = True  # Off/On-Distill with the buffer (the paper's dagger variants)
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 1.0
+  c.sampling.top_k = 0
+  c.sampling.max_new_tokens = 12_288
+  c.sampling.teacher_max_new_tokens = 12_288
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-6
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.optim.clip_norm = 1.0
+  c.optim.state_dtype = "bfloat16"
+
+  c.demo = ml_collections.ConfigDict()
+  c.demo.enabled = False          # build the procedural task, tokenizer and warm-started models
+  c.demo.cache_dir = ""
+  c.demo.train_levels = (1, 2, 3, 4)
+  c.demo.eval_level = 4
+  c.demo.num_train = 4096
+  c.demo.num_eval = 64
+  c.demo.student_sft_levels = (1, 2)
+  c.demo.teacher_sft_levels = (1, 2, 3, 4)
+  c.demo.student_sft_steps = 600
+  c.demo.teacher_sft_steps = 900
+  c.demo.sft_batch = 32
+  c.demo.sft_lr = 3e-3
+  return c
+
+
+def method_flags(config: ml_collections.ConfigDict) -> dict[str, object]:
+  """What `config.method` switches on; raises naming the method when it is unknown."""
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method {config.method!r}; choose one of {sorted(METHODS)}")
+  flags_ = dict(METHODS[config.method])
+  if flags_["distill"]:
+    flags_["replay"] = bool(config.rl.distill_with_buffer)
+  return flags_
+
+
+def resolve_config_path(path: str) -> str:
+  """A config path as given, or relative to the repository when it does not exist here."""
+  spec, _, arg = path.partition(":")
+  if not pathlib.Path(spec).exists() and (REPO_ROOT / spec).exists():
+    spec = str(REPO_ROOT / spec)
+  return spec + (":" + arg if arg else "")
+
+
+def parse_args(argv: list[str], extra_flags: dict[str, str] | None = None):
+  """Parses `[--config=FILE[:ARG]] [--workdir=DIR] [--config.a.b=v ...]` (also `--config FILE`).
+
+  Args:
+    argv: command-line arguments without the program name.
+    extra_flags: further string flags of the sub-command, name -> default.
+
+  Returns:
+    (config, flag values); the config file defaults to `configs/demo.py`.
+  """
+  args, i = [], 0
+  while i < len(argv):  # Accept `--flag value` as well as `--flag=value`.
+    if argv[i].startswith("--") and "=" not in argv[i] and i + 1 < len(argv) \
+        and not argv[i + 1].startswith("--"):
+      args.append(argv[i] + "=" + argv[i + 1])
+      i += 2
+    else:
+      args.append(argv[i])
+      i += 1
+  if not any(a.startswith("--config=") for a in args):
+    args.insert(0, "--config=" + DEFAULT_CONFIG)
+  args = ["--config=" + resolve_config_path(a[len("--config="):]) if a.startswith("--config=")
+          else a for a in args]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "run configuration file", flag_values=fv,
+                                 sys_argv=["zppo"] + args)
+  flags.DEFINE_string("workdir", "", "run directory (default runs/<config name>)", flag_values=fv)
+  for name, value in (extra_flags or {}).items():
+    flags.DEFINE_string(name, value, name, flag_values=fv)
+  fv(["zppo"] + args)
+  return fv.config, fv
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+  """Loads a config file with `--config.x=v` style overrides (used by tests and sweeps)."""
+  config, _ = parse_args(["--config=" + path, *overrides])
+  return config
+
+
+PAPER_TEACHER = "Qwen/Qwen3.5-27B"
+
+
+def paper_config(size: str) -> ml_collections.ConfigDict:
+  """The paper's run (Table 8): ZPPO on ZPPO-77K, student `Qwen/Qwen3.5-{size}`, 27B teacher."""
+  c = base_config()
+  c.name = f"qwen3_5_{size.lower().replace('.', '_')}_zppo"
+  c.student.checkpoint = f"Qwen/Qwen3.5-{size}"
+  c.teacher.checkpoint = PAPER_TEACHER
+  c.data.train_path = "data/zppo77k/train.parquet"
+  return c
+
+
+def paper_hyper(h):
+  """The paper's ablations: every method, inner updates I, and the advantage normalisation."""
+  return h.chainit([
+      h.product([h.sweep("config.method", list(METHODS))]),
+      h.product([h.sweep("config.rl.inner_updates", [1, 4, 8, 16])]),
+      h.product([h.sweep("config.rl.adv_norm", ["without_zero", "with_zero", "none"])]),
+  ])

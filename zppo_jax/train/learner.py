@@ -1,0 +1,373 @@
+"""The learner: jitted policy-gradient and distillation updates of the student.
+
+One rollout step (Algorithm 1, step 9) arrives as packed rows (`zppo_jax.data.packing`). The learner
+
+1. computes log π_old of every trained token once, with the parameters before any update (or takes
+   the sampler's log-probs, by `LearnerConfig.old_logprobs`);
+2. splits the rows into I equal, disjoint mini-batches (rows hold whole sequences, so no rollout is
+   used twice) and applies one AdamW update per mini-batch;
+3. inside each jitted update, accumulates gradients over micro-batches with `lax.scan`; the loss is
+   a weighted token sum whose weights are computed over the whole mini-batch first, so accumulation
+   is exact for every aggregation;
+4. skips (and counts) an update whose loss or gradient norm is not finite: parameters and optimizer
+   state are returned unchanged.
+
+The model is split once into a static graphdef and a state; parameters and optimizer state live in a
+donated `TrainState`. With a mesh, every jitted call runs under `jax.set_mesh(mesh)` and the
+training rule set: parameters and optimizer moments are sharded by their logical axes, batch rows over
+(`data`, `fsdp`). Activation rematerialisation is the model's `ModelConfig.remat` policy.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from zppo_jax import parallel
+from zppo_jax.rl import logprobs as logprobs_lib
+from zppo_jax.rl import losses
+from zppo_jax.train import optim
+
+Batch = Mapping[str, jax.Array]
+OLD_LOGPROB_SOURCES = ("recompute", "sampler")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3).
+
+  Attributes:
+    num_updates: I, disjoint mini-batches (= optimizer updates) per rollout step (4).
+    micro_batch_rows: packed rows per gradient-accumulation micro-batch; None = the whole
+      mini-batch in one pass.
+    clip_low: ε_low, lower clip of the importance ratio (0.20).
+    clip_high: ε_high, upper clip (clip-higher, 0.28).
+    dual_clip: c, dual-clip bound for negative advantages (10); None disables it.
+    loss_agg: aggregation: "token_mean" (the paper's), "seq_mean_token_mean",
+      "seq_mean_token_sum_norm" (Dr. GRPO; needs `max_response_len`).
+    max_response_len: the constant normaliser of "seq_mean_token_sum_norm".
+    kl_coef: β_KL of the KL(π_θ ‖ π_ref) penalty (0: off; the batch must then hold `ref_logprobs`).
+    kl_estimator: "k1", "k2" or "k3".
+    old_logprobs: "recompute" (log π_old from the learner's parameters before the first update) or
+      "sampler" (the sampler's log-probs stand in for π_old).
+    tis_cap: C of the truncated importance weight min(π_old / π_sampler, C) applied when old
+      log-probs are recomputed; None disables it.
+    learning_rate: η, constant (1e-6, no warm-up).
+    adam_b1: β₁ (0.9).
+    adam_b2: β₂ (0.999).
+    adam_eps: ε (1e-8).
+    weight_decay: λ, decoupled (0.1).
+    max_grad_norm: global-norm clip (1.0).
+    opt_state_dtype: "bfloat16" (the paper) or "float32" storage of the Adam moments.
+    token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
+    vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
+    jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
+  """
+  num_updates: int = 4
+  micro_batch_rows: int | None = None
+  clip_low: float = 0.2
+  clip_high: float = 0.28
+  dual_clip: float | None = 10.0
+  loss_agg: str = "token_mean"
+  max_response_len: int | None = None
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  old_logprobs: str = "recompute"
+  tis_cap: float | None = None
+  learning_rate: float = 1e-6
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  weight_decay: float = 0.1
+  max_grad_norm: float | None = 1.0
+  opt_state_dtype: str = "float32"
+  token_chunk: int = 1024
+  vocab_chunk: int | None = None
+  jsd_beta: float = 0.5
+
+  def __post_init__(self):
+    errors = []
+    if self.num_updates < 1:
+      errors.append(f"num_updates must be >= 1, got {self.num_updates}")
+    if self.micro_batch_rows is not None and self.micro_batch_rows < 1:
+      errors.append(f"micro_batch_rows must be >= 1 or None, got {self.micro_batch_rows}")
+    if self.loss_agg not in losses.AGGREGATIONS:
+      errors.append(f"loss_agg {self.loss_agg!r} not in {losses.AGGREGATIONS}")
+    if self.loss_agg == "seq_mean_token_sum_norm" and not self.max_response_len:
+      errors.append("loss_agg='seq_mean_token_sum_norm' needs max_response_len")
+    if self.kl_estimator not in losses.KL_ESTIMATORS:
+      errors.append(f"kl_estimator {self.kl_estimator!r} not in {sorted(losses.KL_ESTIMATORS)}")
+    if self.old_logprobs not in OLD_LOGPROB_SOURCES:
+      errors.append(f"old_logprobs {self.old_logprobs!r} not in {OLD_LOGPROB_SOURCES}")
+    if self.opt_state_dtype not in optim.STATE_DTYPES:
+      errors.append(f"opt_state_dtype {self.opt_state_dtype!r} not in {sorted(optim.STATE_DTYPES)}")
+    if not 0.0 < self.jsd_beta < 1.0:
+      errors.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
+    if errors:
+      raise ValueError("invalid LearnerConfig: " + "; ".join(errors))
+
+  def optimizer(self) -> optax.GradientTransformation:
+    return optim.make_optimizer(
+        self.learning_rate, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps,
+        weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
+        state_dtype=self.opt_state_dtype)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything an update changes (donated to the jitted step)."""
+  params: nnx.State
+  opt_state: optax.OptState
+  step: jax.Array      # int32[], applied updates
+  skipped: jax.Array   # int32[], updates skipped because the loss or grad norm was not finite
+
+
+def _masked_mean(x, mask):
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+class Learner:
+  """Owns the student's parameters and optimizer state and applies jitted updates.
+
+  Args:
+    model: the student, e.g. `Qwen3_5ForCausalLM`, with `forward(input_ids=, positions=,
+      segment_ids=) -> (hidden, cache)` and `lm_head_kernel()`.
+    cfg: `LearnerConfig`.
+    mesh: device mesh; None runs unsharded on the default device.
+    rules: logical-axis rule set used under the mesh (default `parallel.TRAIN_RULES`).
+  """
+
+  def __init__(self, model: nnx.Module, cfg: LearnerConfig, *, mesh=None,
+               rules: parallel.Rules = parallel.TRAIN_RULES):
+    self.cfg = cfg
+    self.mesh = mesh
+    self.rules = rules
+    self.graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
+    self.tx = cfg.optimizer()
+    with self._context():
+      state_sh = self._state_shardings(params)
+      init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
+                                  jnp.zeros([], jnp.int32))
+      self.state = jax.jit(init, out_shardings=state_sh)(params)
+    self._update = jax.jit(self._policy_update, donate_argnums=0,
+                           out_shardings=(state_sh, None))
+    self._distill = jax.jit(self._distill_update, donate_argnums=0,
+                            out_shardings=(state_sh, None))
+    self._logprobs = jax.jit(self._all_logprobs)
+
+  # --- Set-up helpers. ---
+
+  def _context(self):
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(parallel.use_rules(self.rules))
+    return stack
+
+  def _state_shardings(self, params):
+    if self.mesh is None:
+      return None
+    abstract = jax.eval_shape(lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
+                                                   jnp.zeros([], jnp.int32)), params)
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    def one(path, leaf):
+      if isinstance(leaf, nnx.Variable):
+        names = parallel.logical_axes(leaf)
+        if names is None:
+          return leaf.replace(replicated)
+        what = "/".join(str(p) for p in path)
+        return leaf.replace(parallel.named_sharding(self.mesh, names, self.rules,
+                                                    leaf.get_value().shape, what))
+      return replicated
+
+    return jax.tree.map_with_path(one, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  def _put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+      v = np.asarray(v)
+      spec = PartitionSpec(None, (parallel.DATA, parallel.FSDP)) if k == "positions" \
+          else PartitionSpec((parallel.DATA, parallel.FSDP))
+      out[k] = jax.device_put(v, NamedSharding(self.mesh, spec))
+    return out
+
+  # --- Traced pieces. ---
+
+  def _model(self, params) -> nnx.Module:
+    return nnx.merge(self.graphdef, params, self._rest)
+
+  def _token_logprobs(self, params, mb):
+    model = self._model(params)
+    hidden, _ = model.forward(input_ids=mb["tokens"], positions=mb["positions"],
+                              segment_ids=mb["segment_ids"])
+    return logprobs_lib.chunked_logprobs(hidden, model.lm_head_kernel(), mb["targets"],
+                                         token_chunk=self.cfg.token_chunk,
+                                         vocab_chunk=self.cfg.vocab_chunk)
+
+  def _micro_batches(self, batch: Batch) -> Batch:
+    """[R, ...] -> [M, R / M, ...] so that each micro-batch is spread over the batch shards."""
+    rows = batch["tokens"].shape[0]
+    mb_rows = self.cfg.micro_batch_rows or rows
+    if rows % mb_rows:
+      raise ValueError(f"mini-batch of {rows} rows is not divisible by micro_batch_rows={mb_rows}")
+    m = rows // mb_rows
+
+    def split(k, x):
+      axis = 1 if k == "positions" else 0
+      x = jnp.moveaxis(x, axis, 0)
+      x = x.reshape(mb_rows, m, *x.shape[1:]).swapaxes(0, 1)  # row r -> micro-batch r % m
+      x = jnp.moveaxis(x, 1, axis + 1)
+      names = (None,) * (axis + 1) + (parallel.BATCH,) + (None,) * (x.ndim - axis - 2)
+      return parallel.constrain(x, names, self.rules) if self.mesh is not None else x
+
+    return {k: split(k, v) for k, v in batch.items()}
+
+  def _accumulate(self, params, micro: Batch, loss_fn: Callable):
+    """Σ over micro-batches of (loss, grads, token-weighted metrics) with `lax.scan`."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(carry, mb):
+      g_acc, loss_acc = carry
+      (loss, (metrics, n)), grads = grad_fn(params, mb)
+      g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), g_acc, grads)
+      return (g_acc, loss_acc + loss), (metrics, n)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (grads, loss), (metrics, counts) = jax.lax.scan(body, (zeros, jnp.zeros([])), micro)
+    share = counts / jnp.maximum(jnp.sum(counts), 1.0)
+    reduced = {}
+    for k, v in metrics.items():
+      if k.endswith("_min"):
+        reduced[k] = jnp.min(v)
+      elif k.endswith("_max"):
+        reduced[k] = jnp.max(v)
+      else:
+        reduced[k] = jnp.sum(v * share)
+    reduced["num_tokens"] = jnp.sum(counts)
+    return loss, grads, reduced
+
+  def _apply(self, state: TrainState, loss, grads, metrics):
+    """One AdamW step, or no change at all when the loss or gradient norm is not finite."""
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
+                           state.step + finite.astype(jnp.int32),
+                           state.skipped + (~finite).astype(jnp.int32))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+    return new_state, metrics
+
+  def _policy_update(self, state: TrainState, batch: Batch):
+    cfg = self.cfg
+    weights = losses.token_weights(batch["loss_mask"], cfg.loss_agg,
+                                   segment_ids=batch["segment_ids"], max_len=cfg.max_response_len)
+    micro = self._micro_batches(dict(batch, weights=weights))
+
+    def loss_fn(params, mb):
+      lp, ent = self._token_logprobs(params, mb)
+      loss, metrics = losses.policy_loss(
+          lp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], clip_low=cfg.clip_low,
+          clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, weights=mb["weights"],
+          ref_logprobs=mb.get("ref_logprobs"), kl_coef=cfg.kl_coef,
+          kl_estimator=cfg.kl_estimator, sampler_logprobs=mb.get("sampler_logprobs"),
+          tis_cap=cfg.tis_cap if cfg.old_logprobs == "recompute" else None)
+      metrics["entropy"] = _masked_mean(jax.lax.stop_gradient(ent), mb["loss_mask"])
+      return loss, (metrics, jnp.sum(mb["loss_mask"]))
+
+    loss, grads, metrics = self._accumulate(state.params, micro, loss_fn)
+    return self._apply(state, loss, grads, metrics)
+
+  def _distill_update(self, state: TrainState, batch: Batch, teacher_kernel: jax.Array):
+    cfg = self.cfg
+    weights = losses.token_weights(batch["loss_mask"], "token_mean")
+    micro = self._micro_batches(dict(batch, weights=weights))
+
+    def loss_fn(params, mb):
+      model = self._model(params)
+      hidden, _ = model.forward(input_ids=mb["tokens"], positions=mb["positions"],
+                                segment_ids=mb["segment_ids"])
+      jsd = logprobs_lib.chunked_jsd(hidden, model.lm_head_kernel(), mb["teacher_hidden"],
+                                     teacher_kernel, beta=cfg.jsd_beta,
+                                     token_chunk=cfg.token_chunk, vocab_chunk=cfg.vocab_chunk)
+      jsd = jnp.where(mb["loss_mask"] > 0, jsd, 0.0)
+      loss = jnp.sum(mb["weights"] * jsd)
+      return loss, ({"jsd": _masked_mean(jax.lax.stop_gradient(jsd), mb["loss_mask"])},
+                    jnp.sum(mb["loss_mask"]))
+
+    loss, grads, metrics = self._accumulate(state.params, micro, loss_fn)
+    return self._apply(state, loss, grads, metrics)
+
+  def _all_logprobs(self, params, batch: Batch) -> jax.Array:
+    """float32[R, T] log-probs of `targets`, micro-batch by micro-batch (`lax.map`)."""
+    micro = self._micro_batches(batch)
+    lp = jax.lax.map(lambda mb: self._token_logprobs(params, mb)[0], micro)  # [M, R/M, T]
+    return lp.swapaxes(0, 1).reshape(-1, lp.shape[-1])  # undo the r -> r % M interleave
+
+  # --- Host API. ---
+
+  def logprobs(self, batch: Mapping[str, np.ndarray]) -> jax.Array:
+    """Log-probs of `batch["targets"]` under the current parameters: float32[R, T]."""
+    keys = ("tokens", "targets", "positions", "segment_ids")
+    with self._context():
+      return self._logprobs(self.state.params, self._put({k: batch[k] for k in keys}))
+
+  def train_step(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """One rollout step: old log-probs once, then I updates on disjoint row blocks.
+
+    Args:
+      batch: packed arrays (`PackedBatch.arrays()` plus optionally `ref_logprobs`) with R rows,
+        R divisible by `num_updates` (× `micro_batch_rows`).
+
+    Returns:
+      One metrics dict per update (loss, grad_norm, skipped, clip fractions, entropy, ...).
+    """
+    batch = dict(batch)
+    rows, n = batch["tokens"].shape[0], self.cfg.num_updates
+    if rows % n:
+      raise ValueError(f"{rows} rows cannot be split into num_updates={n} equal mini-batches")
+    if self.cfg.old_logprobs == "recompute":
+      batch["old_logprobs"] = np.asarray(self.logprobs(batch))
+    else:
+      batch["old_logprobs"] = batch["sampler_logprobs"]
+    size = rows // n
+    out = []
+    with self._context():
+      for i in range(n):
+        mini = {k: (v[:, i * size:(i + 1) * size] if k == "positions" else
+                    v[i * size:(i + 1) * size]) for k, v in batch.items()}
+        self.state, metrics = self._update(self.state, self._put(mini))
+        out.append(metrics)
+    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(out)]
+
+  def distill_step(self, batch: Mapping[str, np.ndarray], teacher_kernel: jax.Array
+                   ) -> dict[str, float]:
+    """One JSD update on the given tokens (Off/On-Distill: a single update per step).
+
+    Args:
+      batch: packed arrays plus `teacher_hidden` float[R, T, Dt], the teacher's final hidden
+        states at the same positions.
+      teacher_kernel: float[Dt, V] the teacher's LM-head kernel.
+    """
+    keys = ("tokens", "targets", "positions", "segment_ids", "loss_mask", "teacher_hidden")
+    with self._context():
+      self.state, metrics = self._distill(self.state, self._put({k: batch[k] for k in keys}),
+                                          teacher_kernel)
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  def update_model(self, model: nnx.Module) -> None:
+    """Writes the current parameters into `model` (e.g. the sampler's copy)."""
+    nnx.update(model, self.state.params)

@@ -1,0 +1,108 @@
+"""Per-step metrics: `metrics.jsonl`, TensorBoard event files, and a progress line with ETA.
+
+`metrics.jsonl` holds one JSON object per step with `step`; wall-clock fields are named `time_*`
+and everything else is deterministic for a fixed seed. On resume the file is cut back to the
+restored step, so a resumed run's file reads like an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Mapping, TextIO
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """The rows of `WORKDIR/metrics.jsonl` (empty if there is none)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plain(value):
+  """A JSON-friendly number: numpy/JAX scalars to Python; NaN and inf as strings."""
+  if hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class MetricsWriter:
+  """Appends step metrics to JSONL and TensorBoard; prints a progress line on a terminal.
+
+  Args:
+    workdir: run directory.
+    total_steps: for the progress bar and ETA.
+    start_step: the step the run (re)starts from; later rows are dropped from the JSONL file.
+    tensorboard: also write TensorBoard event files under `WORKDIR/tb` (needs tensorboardX).
+    stream: where progress goes; a non-terminal stream gets one plain line per step.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, total_steps: int, start_step: int = 0,
+               tensorboard: bool = True, stream: TextIO | None = None):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.path = self.workdir / "metrics.jsonl"
+    self.total_steps = total_steps
+    self.start_step = start_step
+    self._stream = stream or sys.stderr
+    self._t0 = time.time()
+    self._truncate(start_step)
+    self._file = self.path.open("a")
+    self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter  # Optional: TensorBoard without TensorFlow.
+        self._tb = SummaryWriter(str(self.workdir / "tb"))
+      except ImportError:
+        print("metrics: tensorboardX is not installed; writing metrics.jsonl only",
+              file=self._stream)
+
+  def _truncate(self, start_step: int) -> None:
+    rows = [r for r in read_metrics(self.workdir) if r["step"] <= start_step]
+    if self.path.exists():
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  def write(self, step: int, metrics: Mapping[str, object]) -> None:
+    """Records one step (1-based) and updates the progress display."""
+    row = {"step": int(step), **{k: _plain(v) for k, v in sorted(metrics.items())}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._tb.add_scalar(key.replace(".", "/"), value, step)
+    self._progress(step, row)
+
+  def _progress(self, step: int, row: Mapping[str, object]) -> None:
+    done = step - self.start_step
+    elapsed = time.time() - self._t0
+    eta = elapsed / max(done, 1) * (self.total_steps - step)
+    shown = " ".join(f"{k.split('/')[-1]}={row[k]:.3g}" for k in
+                     ("reward/plain", "buffer/size", "reform/bcq_built", "reform/ncq_built",
+                      "loss") if isinstance(row.get(k), (int, float)))
+    width = 24
+    filled = int(width * step / max(self.total_steps, 1))
+    bar = "#" * filled + "." * (width - filled)
+    line = (f"[{bar}] step {step}/{self.total_steps} {shown} "
+            f"{elapsed:.0f}s elapsed, ETA {_duration(eta)}")
+    if self._stream.isatty():
+      end = "\n" if step >= self.total_steps else ""
+      self._stream.write("\r" + line + "\x1b[K" + end)
+    else:
+      self._stream.write(line + "\n")
+    self._stream.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,71 @@
+"""The optimizer: global-norm clipping, then AdamW with a configurable moment dtype (optax).
+
+optax's own `adamw` stores only the first moment in a chosen dtype; the paper keeps both moments
+in bf16, so `scale_by_adam` here stores μ and ν in `state_dtype` and does the arithmetic in fp32.
+The update matches `torch.optim.AdamW`: bias-corrected moments, ε added to √ν̂, decoupled weight
+decay scaled by the learning rate.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+STATE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ScaleByAdamState(NamedTuple):
+  count: jax.Array  # int32[], number of applied updates
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  state_dtype=jnp.float32) -> optax.GradientTransformation:
+  """Adam's bias-corrected direction m̂ / (√v̂ + ε), moments stored in `state_dtype`."""
+
+  def init(params):
+    zeros = lambda p: jnp.zeros(p.shape, state_dtype)
+    return ScaleByAdamState(jnp.zeros([], jnp.int32), jax.tree.map(zeros, params),
+                            jax.tree.map(zeros, params))
+
+  def update(grads, state, params=None):
+    del params
+    count = state.count + 1
+    f32 = lambda x: x.astype(jnp.float32)
+    mu = jax.tree.map(lambda m, g: b1 * f32(m) + (1 - b1) * f32(g), state.mu, grads)
+    nu = jax.tree.map(lambda v, g: b2 * f32(v) + (1 - b2) * jnp.square(f32(g)), state.nu, grads)
+    c1 = 1 - b1 ** count.astype(jnp.float32)
+    c2 = 1 - b2 ** count.astype(jnp.float32)
+    updates = jax.tree.map(lambda m, v, g: ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(g.dtype),
+                           mu, nu, grads)
+    cast = lambda t: jax.tree.map(lambda x: x.astype(state_dtype), t)
+    return updates, ScaleByAdamState(count, cast(mu), cast(nu))
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(learning_rate: float = 1e-6, *, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0,
+                   state_dtype: str = "float32") -> optax.GradientTransformation:
+  """Clip by global norm → Adam direction → decoupled weight decay → scale by −lr (constant).
+
+  Args:
+    learning_rate: constant learning rate η (1e-6 in the paper, no warm-up).
+    b1: β₁.
+    b2: β₂.
+    eps: ε added to √v̂.
+    weight_decay: λ, decoupled (applied to every parameter, as `torch.optim.AdamW` on all params).
+    max_grad_norm: global-norm clip threshold; None disables clipping.
+    state_dtype: "float32" or "bfloat16" storage of both Adam moments.
+  """
+  if state_dtype not in STATE_DTYPES:
+    raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype!r}")
+  parts = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
+  parts += [scale_by_adam(b1, b2, eps, STATE_DTYPES[state_dtype])]
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(optax.scale(-learning_rate))
+  return optax.chain(*parts)

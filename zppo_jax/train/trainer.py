@@ -1,0 +1,349 @@
+"""The step loop of every method of the paper (shared/ZPPO_SPEC.md §2, Algorithm 1), and `zppo train`.
+
+One step: fresh prompts ∪ replayed prompts → G_S student rollouts each → grading → hard set →
+teacher rollouts on every hard question → pre-cap → BCQ / NCQ (or hint, or prefix) prompts →
+G_S student rollouts on those → advantages per group → I disjoint mini-batch updates → buffer
+refresh. `config.method` switches the parts on (`zppo_jax.train.config.METHODS`); the distillation
+baselines replace the policy-gradient update with one JSD update on teacher or student tokens.
+
+All randomness of a step is derived from (seed, step), so a run resumed from a checkpoint takes
+exactly the steps the uninterrupted run would have taken.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import random
+import sys
+import time
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from zppo_jax.data.prompts import encode_prompt
+from zppo_jax.train import augment
+from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer
+from zppo_jax.train.config import method_flags
+from zppo_jax.train.groups import Completion, Group, TextPolicy, flatten, kind_metrics
+from zppo_jax.train.metrics import MetricsWriter
+
+
+@dataclasses.dataclass
+class TrainSequence:
+  """One rollout as the learner sees it.
+
+  Attributes:
+    prompt_ids: the prompt.
+    tokens: the response (for Prefix, forced prefix first).
+    old_logprobs: log-probabilities of `tokens` under the sampling policy (temperature 1).
+    advantage: its advantage A.
+    loss_start: leading response tokens kept out of the loss.
+  """
+  prompt_ids: list[int]
+  tokens: list[int]
+  old_logprobs: list[float]
+  advantage: float
+  loss_start: int = 0
+
+
+class Learner(TextPolicy, Protocol):
+  """The student: samples, updates, and has a checkpointable state (`student.Student`)."""
+
+  def train_step(self, parts: Sequence[Sequence[TrainSequence]]) -> list[dict[str, float]]:
+    """One optimizer update on the policy loss per mini-batch (skipped when not finite)."""
+
+  def distill_step(self, sequences: Sequence[TrainSequence], teacher) -> dict[str, float]:
+    """One optimizer update on the per-token JSD to the teacher over the response tokens."""
+
+  def state(self):
+    """The pytree to checkpoint (parameters and optimizer state)."""
+
+  def load_state(self, state) -> None:
+    """Continues from a restored `state()`."""
+
+
+class Trainer:
+  """Runs the steps of one method and keeps the run's state.
+
+  Args:
+    config: the run config (`zppo_jax.train.config.base_config()` fields).
+    workdir: run directory (metrics, checkpoints, rejects, plots).
+    student: the learner.
+    teacher: the frozen teacher's sampler, or None for methods that never ask it.
+    tokenizer: the HF tokenizer shared by student and teacher.
+    prompts: a `PromptIterator` over the training records.
+    grader: rewards a list of (response, record) pairs: `grader(responses, records) -> list[float]`.
+    stop_ids: token ids that end a response (dropped before decoding).
+    eval_records: held-out questions for the before/after accuracy (may be empty).
+    stream: where progress and messages go (default stderr).
+  """
+
+  def __init__(self, config, workdir, *, student: Learner, teacher: TextPolicy | None, tokenizer,
+               prompts, grader, stop_ids: Sequence[int], eval_records: Sequence[dict] = (),
+               stream=None):
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.flags = method_flags(config)
+    if self._needs_teacher() and teacher is None:
+      raise ValueError(f"method {config.method!r} needs a teacher (config.teacher.checkpoint)")
+    self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
+    self.prompts, self.grader = prompts, grader
+    self.eval_records = list(eval_records)
+    self.stream = stream or sys.stderr
+    self.buffer = augment.make_buffer(config)
+    self.teacher_cache: dict[str, list[list[int]]] = {}
+    self.stop_ids = set(stop_ids)
+    self.totals: dict[str, float] = {}
+    self.step = 0
+
+  def _needs_teacher(self) -> bool:
+    f = self.flags
+    return bool(f["bcq"] or f["hint"] or f["prefix"] or f["distill"]
+                or (f["ncq"] and self.config.rl.compress))
+
+  # --- one step ---
+
+  def _rng(self, step: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([self.config.seed, step, purpose])
+
+  def _seed(self, step: int, purpose: int) -> int:
+    return int(self._rng(step, purpose).integers(2**31 - 1))
+
+  def run_step(self, step: int) -> dict[str, float]:
+    """Runs step `step` (1-based) and returns its metrics."""
+    cfg, rl = self.config, self.config.rl
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    new = next(self.prompts)
+    replay = []
+    if self.flags["replay"]:
+      replay = self.buffer.sample(int(round(rl.replay_ratio * rl.batch_prompts)),
+                                  self._rng(step, 1))
+    records = [augment.strip_record(r) for r in new] + [dict(r) for r in replay]
+    plain = self._rollouts([(r, "plain", augment.prompt_ids(self.tokenizer, r["question"]), 0)
+                            for r in records], self._seed(step, 2), times)
+    metrics: dict[str, float] = {"batch/new": len(new), "batch/replay": len(replay)}
+    accuracy = {g.qid: g.accuracy for g in plain}
+    hard = [g for g in plain if g.accuracy < rl.tau]
+    metrics["batch/hard"] = len(hard)
+
+    extra_groups: list[Group] = []
+    teacher_groups: list[Group] = []
+    if self.flags["bcq"] or self.flags["ncq"] or self.flags["hint"] or self.flags["prefix"]:
+      if self.flags["bcq"] or self.flags["hint"] or self.flags["prefix"]:
+        teacher_groups = self._teacher_rollouts(hard, step, times)
+      t = time.perf_counter()
+      specs, reform_metrics = augment.build_specs(
+          plain, teacher_groups, len(new), cfg, self.flags, random.Random(self._seed(step, 4)),
+          self.tokenizer, self._teacher_text)
+      times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
+      metrics.update(reform_metrics)
+      extra_groups = self._rollouts(specs, self._seed(step, 5), times)
+    groups = plain + extra_groups
+
+    rewards, group_ids = flatten(groups)
+    advantages = augment.advantages(rewards, group_ids, rl.adv_norm)
+    metrics.update(kind_metrics(groups, advantages))
+    metrics.update(augment.diagnostics(groups, teacher_groups))
+
+    t = time.perf_counter()
+    if self.flags["distill"]:
+      metrics.update(self._distill(plain, hard, step, times))
+    else:
+      metrics.update(self._policy_updates(groups, advantages, self._rng(step, 6)))
+    times["time_update"] = time.perf_counter() - t
+
+    metrics.update(augment.refresh_buffer(self.buffer, accuracy, records, self.totals))
+    times["time_step"] = time.perf_counter() - t0
+    tokens = sum(len(c.tokens) for g in groups for c in g.completions)
+    times["time_tokens_per_s"] = tokens / max(times["time_step"], 1e-9)
+    metrics.update(times)
+    return metrics
+
+  def _rollouts(self, specs, seed: int, times: dict) -> list[Group]:
+    """Samples G_S student rollouts for each (record, kind, prompt_ids, prefix tokens) spec."""
+    if not specs:
+      return []
+    t = time.perf_counter()
+    prompts = [list(ids) + list(prefix or []) for _, _, ids, prefix in _with_prefix(specs)]
+    outs = self.student.generate(prompts, num_samples=self.config.rl.group_size,
+                                 max_new_tokens=self.config.sampling.max_new_tokens, seed=seed)
+    times["time_rollout"] = times.get("time_rollout", 0.0) + time.perf_counter() - t
+    groups = []
+    for (record, kind, ids, prefix, extra), completions in zip(_with_prefix(specs, True), outs):
+      prefix = list(prefix or [])
+      full = [Completion(prefix + c.tokens, [0.0] * len(prefix) + list(c.logprobs))
+              for c in completions]
+      groups.append(Group(record["id"], kind, record, list(ids), full, loss_start=len(prefix),
+                          extra=extra))
+    self._grade(groups, times)
+    return groups
+
+  def _grade(self, groups: Sequence[Group], times: dict) -> None:
+    t = time.perf_counter()
+    texts = [[self.decode(c.tokens) for c in g.completions] for g in groups]
+    flat = self.grader([x for ts in texts for x in ts],
+                       [g.record for g, ts in zip(groups, texts) for _ in ts])
+    k = 0
+    for g, ts in zip(groups, texts):
+      g.texts = ts
+      g.rewards = [float(r) for r in flat[k:k + len(ts)]]
+      k += len(ts)
+    times["time_grading"] = times.get("time_grading", 0.0) + time.perf_counter() - t
+
+  def decode(self, tokens: Sequence[int]) -> str:
+    """Response text with special tokens such as `<think>` kept and the stop token dropped."""
+    tokens = list(tokens)
+    while tokens and tokens[-1] in self.stop_ids:
+      tokens.pop()
+    return self.tokenizer.decode(tokens, skip_special_tokens=False)
+
+  def _teacher_text(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept."""
+    ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+    seed = self._seed(self.step + 1, 7)
+    outs = self.teacher.generate(ids, num_samples=1, max_new_tokens=max_new_tokens, seed=seed)
+    return [self.decode(o[0].tokens) for o in outs]
+
+  def _teacher_rollouts(self, kept: Sequence[Group], step: int, times: dict) -> list[Group]:
+    """G_T fresh teacher rollouts per kept hard question, graded against the same gold."""
+    if not kept:
+      return []
+    t = time.perf_counter()
+    rl = self.config.rl
+    todo = [g for g in kept if not (rl.cache_teacher_rollouts and g.qid in self.teacher_cache)]
+    outs = self.teacher.generate([g.prompt_ids for g in todo], num_samples=rl.teacher_group_size,
+                                 max_new_tokens=self.config.sampling.teacher_max_new_tokens,
+                                 seed=self._seed(step, 3)) if todo else []
+    fresh = {g.qid: out for g, out in zip(todo, outs)}
+    groups = []
+    for g in kept:
+      completions = fresh[g.qid] if g.qid in fresh else [
+          Completion(tokens, []) for tokens in self.teacher_cache[g.qid]]
+      groups.append(Group(g.qid, "plain", g.record, g.prompt_ids, list(completions)))
+    times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
+    self._grade(groups, times)
+    if rl.cache_teacher_rollouts:
+      for g in groups:
+        correct = [c.tokens for c, r in zip(g.completions, g.rewards) if r > 0]
+        if correct:
+          self.teacher_cache[g.qid] = correct
+    return groups
+
+  def _policy_updates(self, groups: Sequence[Group], advantages: np.ndarray,
+                      rng: np.random.Generator) -> dict[str, float]:
+    """I optimizer updates on disjoint mini-batches of the step's rollouts."""
+    sequences = [TrainSequence(g.prompt_ids, c.tokens, c.logprobs, 0.0, g.loss_start)
+                 for g in groups for c in g.completions]
+    for seq, adv in zip(sequences, advantages):
+      seq.advantage = float(adv)
+    order = rng.permutation(len(sequences))
+    parts = [[sequences[i] for i in part]
+             for part in np.array_split(order, self.config.rl.inner_updates) if len(part)]
+    return _mean_metrics(self.student.train_step(parts), prefix="update/")
+
+  def _distill(self, plain: Sequence[Group], hard: Sequence[Group], step: int,
+               times: dict) -> dict[str, float]:
+    """One JSD update: on correct teacher rollouts (off) or on the student's rollouts (on)."""
+    if self.flags["distill"] == "on":
+      batch = [TrainSequence(g.prompt_ids, c.tokens, c.logprobs, 0.0)
+               for g in plain for c in g.completions]
+    else:
+      teacher = self._teacher_rollouts(plain, step, times)
+      batch = [TrainSequence(g.prompt_ids, c.tokens, [], 0.0)
+               for g in teacher for c, r in zip(g.completions, g.rewards) if r > 0]
+    out = {"distill/sequences": len(batch)}
+    if batch:
+      out.update(_mean_metrics([self.student.distill_step(batch, self.teacher)],
+                               prefix="update/"))
+    return out
+
+  # --- checkpoints ---
+
+  def host_state(self) -> dict:
+    return {"step": self.step, "buffer": self.buffer.state_dict(),
+            "data": self.prompts.state(), "totals": self.totals, "seed": self.config.seed,
+            "teacher_cache": self.teacher_cache}
+
+  def load_host_state(self, host: dict) -> None:
+    self.step = int(host["step"])
+    self.buffer.load_state_dict(host["buffer"])
+    self.prompts.restore(host["data"])
+    self.totals = {k: float(v) for k, v in host["totals"].items()}
+    self.teacher_cache = {k: [list(t) for t in v] for k, v in host["teacher_cache"].items()}
+
+  # --- the loop ---
+
+  def evaluate(self, step: int) -> dict[str, float]:
+    """Accuracy of the student on the held-out questions (G_S samples each, training sampling)."""
+    if not self.eval_records:
+      return {}
+    groups = self._rollouts([(r, "plain", augment.prompt_ids(self.tokenizer, r["question"]), 0)
+                             for r in self.eval_records], 10**6 + step, {})
+    return {"eval/accuracy": float(np.mean([g.accuracy for g in groups])),
+            "eval/solved": int(sum(g.accuracy > 0 for g in groups))}
+
+  def train(self) -> dict:
+    """Resumes from the workdir if possible, runs to `total_steps`, and returns a summary."""
+    cfg = self.config
+    ckpt = RunCheckpointer(self.workdir, keep=cfg.keep_checkpoints,
+                           async_save=cfg.async_checkpointing)
+    restored = ckpt.restore(self.student.state())
+    summary_path = self.workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if restored is not None:
+      self.student.load_state(restored.state)
+      self.load_host_state(restored.host)
+      print(f"train: resumed from step {self.step} in {ckpt.directory}", file=self.stream)
+    elif self.eval_records:
+      summary["eval_before"] = self.evaluate(0)
+    writer = MetricsWriter(self.workdir, cfg.total_steps, start_step=self.step, stream=self.stream)
+    preempted = False
+    try:
+      with PreemptionFlag() as flag:
+        while self.step < cfg.total_steps:
+          step = self.step + 1
+          metrics = self.run_step(step)
+          self.step = step
+          if cfg.eval_every and step % cfg.eval_every == 0:
+            metrics.update(self.evaluate(step))
+          writer.write(step, metrics)
+          if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or flag.requested:
+            t = time.perf_counter()
+            ckpt.save(step, self.student.state(), self.host_state(), force=True)
+            if flag.requested:
+              ckpt.wait()
+              preempted = True
+              print(f"train: SIGTERM received; saved step {step} and stopped", file=self.stream)
+              break
+            metrics["time_checkpoint"] = time.perf_counter() - t
+    finally:
+      ckpt.close()
+      writer.close()
+    if not preempted and self.step >= cfg.total_steps:
+      if self.eval_records and "eval_after" not in summary:
+        summary["eval_after"] = self.evaluate(self.step)
+      summary.update({"step": self.step, "method": cfg.method, **self.totals})
+      summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    summary["preempted"] = preempted
+    return summary
+
+
+def _with_prefix(specs, with_extra: bool = False):
+  """Normalises specs to (record, kind, prompt_ids, prefix tokens[, extra])."""
+  for spec in specs:
+    record, kind, ids, prefix = spec[:4]
+    extra = spec[4] if len(spec) > 4 else {}
+    yield (record, kind, ids, prefix or [], extra) if with_extra else (record, kind, ids,
+                                                                        prefix or [])
+
+
+def _mean_metrics(results: Sequence[dict], prefix: str) -> dict[str, float]:
+  keys = sorted({k for r in results for k in r})
+  out = {}
+  for key in keys:
+    values = [float(r[key]) for r in results if key in r]
+    out[prefix + key] = float(np.sum(values)) if key.startswith("skipped") else float(
+        np.mean(values))
+  return out
