@@ -242,7 +242,8 @@ def _eight_device_check(path):
 def test_sharded_load_on_eight_simulated_devices(untied_dir):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu",
+         "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
          "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
   run = subprocess.run([sys.executable, __file__, str(untied_dir)], env=env, capture_output=True,
                        text=True, timeout=600)

@@ -48,7 +48,8 @@ def _save_to_disk(root: pathlib.Path, splits: dict[str, list[dict]], schema: pa.
       with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     (d / "dataset_info.json").write_text(json.dumps({"features": {}}))
-    (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (d / "state.json").write_text(
+        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
 
 
 def _jsonl(path: pathlib.Path, rows: list[dict]):
@@ -321,7 +322,8 @@ ROWS = [
                     "decoded_image": _image()}, ("7", Mode.MATH, ())),
     ("mmmu_pro", {"id": "validation_Art_1", "question": "<image 1> and <image 2>: which?",
                   "options": "['oil', 'ink', 'clay']", "answer": "C", "image_1": _image(),
-                  "image_2": _image(), "image_3": None}, ("C", Mode.CHOICE, ("oil", "ink", "clay"))),
+                  "image_2": _image(), "image_3": None},
+     ("C", Mode.CHOICE, ("oil", "ink", "clay"))),
     ("visualpuzzles", {"id": 1, "category": "algorithmic", "image": _image(), "question": "Next?",
                        "options": ["a", "b", "c", "d"], "answer": "D"},
      ("D", Mode.CHOICE, ("a", "b", "c", "d"))),
@@ -347,7 +349,8 @@ ROWS = [
                   "answer_index": 8}, ("I", Mode.CHOICE, tuple("abcdefghij"))),
     ("mmvu", {"id": "v1", "question": "What happens?", "choices": {"A": "x", "B": "y"},
               "answer": "B", "question_type": "multiple-choice",
-              "video": "https://huggingface.co/datasets/yale-nlp/MMVU/resolve/main/videos/Art/0.mp4"},
+              "video": "https://huggingface.co/datasets/yale-nlp/MMVU/resolve/main/videos/Art/"
+                       "0.mp4"},
      ("B", Mode.CHOICE, ("x", "y"))),
     ("mmvu", {"id": "v2", "question": "Why?", "choices": None, "answer": "gravity",
               "question_type": "open-ended", "video": "videos/Art/0.mp4"},
@@ -371,6 +374,36 @@ def test_adapter_reads_the_published_fields(tmp_path, name, row, expected):
   assert all(i.data == png() for i in item.images)
   text = prompts.user_text(item)
   assert "curly" not in text and text.endswith(templates.RL_CLOSER)
+
+
+def test_dynamath_variants_are_distinct_and_copies_are_not(tmp_path):
+  row = {"id": "3", "question": "Area?", "image": "images/3.png", "ground_truth": "2",
+         "answer_type": "float", "subject": "x", "knowledge_level": "y"}
+  variants = [dict(row, decoded_image=_image(c)) for c in ((1, 1, 1), (2, 2, 2))]
+  _parquet(tmp_path / "dynamath/data/sample_variant1-00000-of-00001.parquet", variants[:1])
+  _parquet(tmp_path / "dynamath/data/sample_variant2-00000-of-00001.parquet", variants[1:])
+  _parquet(tmp_path / "dynamath/data/sample_all-00000-of-00001.parquet", variants)
+  loaded = runner.load_items(benchmarks.BENCHMARKS["dynamath"], tmp_path)
+  assert len(loaded.items) == 2 and loaded.skipped == {"duplicate_uid": 2}
+
+
+def test_image_lists_are_flattened():
+  row = {"ID": "1", "question": "q", "option": "A. 1; B. 2", "answer": "A",
+         "image_path": _image(), "image": [_image(), _image()]}
+  assert len(benchmarks.wemath(row, pathlib.Path(".")).images) == 3
+
+
+def test_mmvet_original_release_layout(tmp_path):
+  (tmp_path / "mmvet/images").mkdir(parents=True)
+  (tmp_path / "mmvet/images/v1.jpg").write_bytes(png())
+  (tmp_path / "mmvet/mm-vet.json").write_text(json.dumps({
+      "v1": {"imagename": "v1.jpg", "capability": ["ocr"], "question": "What?", "answer": "x"},
+      "v2": {"imagename": "missing.jpg", "capability": ["ocr"], "question": "Q", "answer": "y"}}))
+  loaded = runner.load_items(benchmarks.BENCHMARKS["mmvet"], tmp_path)
+  (item,) = loaded.items
+  assert (item.uid, item.gold, item.images[0].path) == (
+      "v1", "x", str(tmp_path / "mmvet/images/v1.jpg"))
+  assert loaded.skipped == {"bad_row": 1} and "'missing.jpg' not found" in loaded.errors[0]
 
 
 def test_ids_stay_unique_across_files():

@@ -1,9 +1,11 @@
-"""`zppo eval` with a real (tiny, random) model: the sampler-backed generator, end to end, resumed."""
+"""`zppo eval` with a real tiny random model: the sampler-backed generator, end to end, resumed."""
+import io
 import json
 
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from test_eval_benchmarks import write_suite
 from zppo_jax import cli
@@ -12,8 +14,12 @@ from zppo_jax.eval import benchmarks, runner
 from zppo_jax.eval.generate import SamplerGenerator, resolve_checkpoint
 from zppo_jax.eval.items import EvalPrompt, Media
 from zppo_jax.eval.prompts import build_prompt
+from zppo_jax.eval.scoring import Scorer
 from zppo_jax.models import qwen3_5
 from zppo_jax.models.qwen3_5 import config as config_lib
+from zppo_jax.models.qwen3_5 import multimodal
+from zppo_jax.models.qwen3_5.vision_config import vision_tiny
+from zppo_jax.rewards import GradingPool
 from zppo_jax.zppo import templates
 
 DECODING = runner.DecodingConfig(temperature=0.0, max_new_tokens=6, max_prompt_tokens=250,
@@ -53,16 +59,19 @@ def test_greedy_responses_equal_the_sampler(generator, checkpoint, data_dir):
   _, _, tokenizer = checkpoint
   items = runner.load_items(benchmarks.BENCHMARKS["aime25"], data_dir).items
   prompts = [build_prompt("aime25", it) for it in items]
+  calls = generator.calls
   responses = generator.generate(prompts)
-  for prompt, response in zip(prompts, responses):
+  ids = []
+  for prompt in prompts:
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}],
                                          tokenize=False, add_generation_prompt=True)
     assert text.endswith(templates.RL_CLOSER + "<|im_end|>\n<|im_start|>assistant\n")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    out = generator.sampler.generate([ids], generator.params, seed=0)
-    tokens = [t for t in out.tokens[0][0] if t not in generator.stop_ids]
+    ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+  out = generator.sampler.generate(ids, generator.params, seed=DECODING.seed + calls)
+  for response, (tokens,) in zip(responses, out.tokens):
+    assert 0 < len(tokens) <= DECODING.max_new_tokens
+    tokens = [t for t in tokens if t not in generator.stop_ids]
     assert response == tokenizer.decode(tokens, skip_special_tokens=False)
-    assert 0 < len(out.tokens[0][0]) <= DECODING.max_new_tokens
 
 
 def test_multimodal_prompt_is_refused_by_name(generator):
@@ -73,15 +82,14 @@ def test_multimodal_prompt_is_refused_by_name(generator):
 
 def test_eval_with_a_model_resumes(generator, data_dir, tmp_path):
   chosen = [benchmarks.BENCHMARKS["aime25"], benchmarks.BENCHMARKS["gpqa_diamond"]]
-  scorer_pool = __import__("zppo_jax.rewards", fromlist=["GradingPool"]).GradingPool(1, 30.0)
+  scorer_pool = GradingPool(num_workers=1, timeout_s=30.0)
   try:
-    from zppo_jax.eval.scoring import Scorer
     scorer = Scorer(pool=scorer_pool)
     calls = generator.calls
     runner.run_eval(chosen, data_dir, tmp_path, generator, scorer, DECODING)
     assert generator.calls - calls == 2  # One batch of two per benchmark.
-    first = {n: runner.read_verdicts(tmp_path / f"samples/{n}.jsonl") for n in ("aime25",
-                                                                                  "gpqa_diamond")}
+    first = {n: runner.read_verdicts(tmp_path / f"samples/{n}.jsonl")
+             for n in ("aime25", "gpqa_diamond")}
     assert [len(v) for v in first.values()] == [2, 2]
     assert all(v.path in ("parser:math", "parser:choice", "no_judge")
                for vs in first.values() for v in vs.values())
@@ -94,11 +102,91 @@ def test_eval_with_a_model_resumes(generator, data_dir, tmp_path):
 def test_cli_with_model(checkpoint, data_dir, tmp_path):
   workdir, _, _ = checkpoint
   argv = ["eval", "--model", str(workdir), "--benchmarks", "aime25", "--data-dir", str(data_dir),
-          "--out", str(tmp_path / "run"), "--temperature", "0", "--max-new-tokens", "4",
-          "--max-prompt-tokens", "250"]
+          "--out", str(tmp_path / "run"), "--temperature", "0", "--max-new-tokens", "6",
+          "--max-prompt-tokens", "250", "--batch-size", "2"]
   assert cli.main(argv) == 0
   run = json.loads((tmp_path / "run/run.json").read_text())
   assert run["decoding"]["temperature"] == 0.0 and run["decoding"]["top_k"] == 20
   report = json.loads((tmp_path / "run/report.json").read_text())
   assert report["benchmarks"]["aime25"]["scored"] == 2
   assert np.isfinite(report["families"]["llm"]["accuracy"])
+
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+MM_DECODING = runner.DecodingConfig(temperature=0.0, max_new_tokens=6, max_prompt_tokens=250,
+                                    min_pixels=32 * 32, max_pixels=64 * 64, video_fps=2.0,
+                                    video_max_frames=4, batch_size=2)
+
+
+def _png(size, color):
+  buf = io.BytesIO()
+  Image.new("RGB", size, color).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mm_generator(tmp_path_factory):
+  """A tiny multimodal checkpoint (random weights) with a tokenizer that has the vision tokens."""
+  path = tmp_path_factory.mktemp("mm_ckpt")
+  tokenizer = demo_tokenizer.build_tokenizer([templates.RL_CLOSER, "Which color?"], path,
+                                             vocab_size=300)
+  specials = tokenizer.additional_special_tokens + VISION_TOKENS
+  tokenizer.add_special_tokens({"additional_special_tokens": specials})
+  tokenizer.save_pretrained(str(path))
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+  cfg = multimodal.MultimodalConfig(
+      text=config_lib.tiny(vocab_size=len(tokenizer)), vision=vision_tiny(out_hidden_size=32),
+      image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+      vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+  model = multimodal.Qwen3_5ForConditionalGeneration(cfg, rngs=nnx.Rngs(0))
+  multimodal.save_pretrained_multimodal(model, path)
+  return SamplerGenerator.from_path(path, MM_DECODING)
+
+
+def test_image_and_video_prompts_through_the_multimodal_model(mm_generator, tmp_path):
+  frames = tmp_path / "clip"
+  frames.mkdir()
+  for k in range(3):
+    (frames / f"{k:03d}.png").write_bytes(_png((64, 64), (40 * k, 0, 0)))
+  user = lambda text: ({"role": "user", "content": text},)
+  image_prompt = EvalPrompt("ai2d/1", user("Which color?"),
+                            images=(Media(data=_png((64, 64), (255, 0, 0))),))
+  video_prompt = EvalPrompt("mvbench/1", user("What happens?"), video=Media(path=str(frames)))
+  text_prompt = EvalPrompt("mmlu/1", user("Which color?"))
+  calls = mm_generator.calls
+  responses = mm_generator.generate([image_prompt, video_prompt, text_prompt])
+  assert len(responses) == 3 and all(isinstance(r, str) for r in responses)
+  # The image prompt's embeddings: one pad per merged token (64 x 64 px -> 4 x 4 patches -> 4).
+  embeds, positions = mm_generator.embed(image_prompt)
+  text = mm_generator.tokenizer.decode(
+      mm_generator._ids(mm_generator._chat_text(image_prompt, "<|vision_start|><|image_pad|>"
+                                                "<|vision_end|>"), "x"))
+  assert text.count("<|image_pad|>") == 1
+  ids = mm_generator.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+  assert embeds.shape[0] == positions.shape[1] == len(mm_generator._ids(text, "x")) + 3
+  assert positions.max() + 1 < embeds.shape[0]  # mRoPE: the 4 image tokens share positions.
+  # The batch's responses are what the sampler gives for the same embeddings.
+  embedded = [mm_generator.embed(p) for p in (image_prompt, video_prompt, text_prompt)]
+  out = mm_generator.sampler.generate_from_embeddings(
+      [e for e, _ in embedded], [p for _, p in embedded], mm_generator.params,
+      MM_DECODING.seed + calls)
+  for response, (tokens,) in zip(responses, out.tokens):
+    tokens = [t for t in tokens if t not in mm_generator.stop_ids]
+    assert response == mm_generator.tokenizer.decode(tokens, skip_special_tokens=False)
+  assert ids in mm_generator.tokenizer.get_vocab().values()
+
+
+def test_unreadable_image_is_an_error_verdict_not_a_crash(mm_generator, tmp_path):
+  bench = benchmarks.BENCHMARKS["ai2d"]
+  data = tmp_path / "data"
+  write_suite(data)  # Its AI2D images are 4 x 3 pixels: below the minimum side.
+  scorer_pool = GradingPool(num_workers=1, timeout_s=30.0)
+  try:
+    runner.run_benchmark(bench, data, tmp_path / "run", mm_generator, Scorer(pool=scorer_pool),
+                         MM_DECODING)
+  finally:
+    scorer_pool.close()
+  verdicts = runner.read_verdicts(tmp_path / "run/samples/ai2d.jsonl")
+  assert [v.path for v in verdicts.values()] == ["error", "error"]
+  assert all("below the minimum side" in v.error and "ai2d/" in v.error
+             for v in verdicts.values())

@@ -1,4 +1,4 @@
-"""Deterministic matchers of `zppo_jax.eval.metrics`: letters, numbers, ANLS, OCRBench-v2 metrics."""
+"""Deterministic matchers of `zppo_jax.eval.metrics`: letters, numbers, ANLS, OCRBench-v2."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -31,7 +31,9 @@ def test_match_choice_ambiguous_option_text_is_undecided():
 @pytest.mark.parametrize("text, value", [
     ("12", 12.0), ("-3.5", -3.5), ("1,234.5", 1234.5), ("45%", 45.0), ("45\\%", 45.0),
     ("\\frac{1}{4}", 0.25), ("-\\dfrac{3}{2}", -1.5), ("$7$", 7.0), ("\\text{8 cm}", 8.0),
-    ("1e3", 1000.0), ("1 and 2", None), ("x", None), ("\\frac{1}{0}", None),
+    ("1e3", 1000.0), ("1 and 2", None), ("x", None), ("\\frac{1}{0}", None), ("x+1", None),
+    ("about 5", None), ("2^3", None), ("30°", 30.0), ("45^{\\circ}", 45.0), ("12 apples.", 12.0),
+    ("$12", 12.0),
 ])
 def test_parse_number(text, value):
   assert metrics.parse_number(text) == value

@@ -17,7 +17,7 @@ from zppo_jax import cli
 from zppo_jax.eval import benchmarks, report, runner
 from zppo_jax.eval.items import EvalItem, Mode
 from zppo_jax.eval.prompts import build_prompt
-from zppo_jax.eval.scoring import Scorer
+from zppo_jax.eval.scoring import GeneratorJudge, Scorer
 from zppo_jax.rewards import GradingPool, OpenAICompatibleJudge
 
 # Judge stub: the reply for a response (the text between <response> tags). Anything not listed is
@@ -171,6 +171,27 @@ def test_judge_contract_malformed_is_wrong(judge_url, pool):
   assert judge.stats.malformed == 2
 
 
+class _StubJudgeGenerator:
+  """Replies to judge prompts like the HTTP stub (the in-process judge path)."""
+
+  def generate(self, prompts):
+    replies = []
+    for p in prompts:
+      response = re.search(r"<response>\n(.*)\n</response>", p.text, re.DOTALL).group(1)
+      replies.append(JUDGE_REPLIES.get(response, '{"verdict": "wrong"}'))
+    return replies
+
+
+def test_in_process_judge_has_the_same_contract(pool):
+  items = [EvalItem(str(k), "Which color?", "red", Mode.JUDGE) for k in range(5)]
+  responses = ["\\boxed{blue}", "\\boxed{purple}", "\\boxed{green}", "\\boxed{orange}",
+               "\\boxed{grey}"]
+  judge = GeneratorJudge(_StubJudgeGenerator())
+  verdicts = Scorer(judge=judge, pool=pool).score(items, responses)
+  assert [v.score for v in verdicts] == [1.0, 0.0, 0.0, 1.0, 0.0]
+  assert judge.malformed == 2
+
+
 def test_judge_sees_options_and_gold_text(judge_url, pool):
   _JudgeHandler.requests.clear()
   item = EvalItem("q", "Pick one.", "B", Mode.CHOICE, choices=("cat", "dog"))
@@ -188,6 +209,31 @@ def test_unreachable_judge_and_no_judge_are_wrong(pool):
   assert Scorer(judge=dead, pool=pool).score([item], ["\\boxed{blue}"])[0].score == 0.0
   (v,) = Scorer(judge=None, pool=pool).score([item], ["\\boxed{blue}"])
   assert (v.score, v.path, v.extracted) == (0.0, "no_judge", "blue")
+
+
+@pytest.mark.parametrize("item, response, expected", [
+    (EvalItem("n", "q", "2.5", Mode.NUMERIC), "\\boxed{2.50}", (1.0, "parser:numeric", "2.50")),
+    (EvalItem("n", "q", "2.5", Mode.NUMERIC), "\\boxed{2.6}", (0.0, "parser:numeric", "2.6")),
+    (EvalItem("n", "q", "2.5", Mode.NUMERIC), "\\boxed{x+1}", (0.0, "no_judge", "x+1")),
+    (EvalItem("n", "q", "0.33", Mode.NUMERIC, meta={"precision": 2}), "\\boxed{\\frac{1}{3}}",
+     (1.0, "parser:numeric", "\\frac{1}{3}")),
+    (EvalItem("e", "q", "Yes", Mode.EXACT), "\\boxed{\\text{yes}}", (1.0, "parser:exact", "\\text{yes}")),
+    (EvalItem("c", "q", "B", Mode.CHOICE, choices=("x", "y")), "no box", (0.0, "no_judge", None)),
+    (EvalItem("m", "q", "\\frac{1}{2}", Mode.MATH), "\\boxed{0.5}", (1.0, "parser:math", "0.5")),
+    (EvalItem("m", "q", "\\frac{1}{2}", Mode.MATH), "\\boxed{0.6}", (0.0, "parser:math", "0.6")),
+    (EvalItem("m", "q", "Paris", Mode.MATH), "\\boxed{Lyon}", (0.0, "no_judge", "Lyon")),
+    (EvalItem("a", "q", ["United States"], Mode.ANLS), "\\boxed{\\text{united states}}",
+     (1.0, "parser:anls", "united states")),
+    (EvalItem("a", "q", ["1991"], Mode.ANLS), "<think>\\boxed{1}</think>1991",
+     (1.0, "parser:anls_unboxed", "1991")),
+    (EvalItem("o", "q", [], Mode.OCR, meta={"type": "text grounding en", "bbox": [0, 0, 2, 2]}),
+     "\\boxed{no idea}", (0.0, "no_judge", "no idea")),
+    (EvalItem("r", "q", "YES", Mode.RUBRIC, closer=False, meta={"target_question": "?"}),
+     "\\boxed{1}", (0.0, "no_judge", "1")),
+])
+def test_scorer_paths_without_a_judge(pool, item, response, expected):
+  (v,) = Scorer(pool=pool).score([item], [response])
+  assert (v.score, v.path, v.extracted) == expected
 
 
 class _CountingGenerator(runner.RecordedGenerator):

@@ -29,26 +29,36 @@ def inputs():
   return q, k, v, g, beta, state, reset
 
 
+@jax.jit
+def _one_step(q, k, v, g, beta, state, reset):
+  return gdn.delta_rule_step(q, k, v, g, beta, jnp.where(reset[:, None, None, None], 0.0, state))
+
+
 def _step_by_step(q, k, v, g, beta, state, reset):
   outs = []
   for t in range(q.shape[1]):
-    state = jnp.where(reset[:, t, None, None, None], 0.0, state)
-    o, state = gdn.delta_rule_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state)
+    o, state = _one_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state, reset[:, t])
     outs.append(o)
   return jnp.stack(outs, axis=1), state
+
+
+naive_jit = jax.jit(gdn.delta_rule_naive)
+chunked_jit = jax.jit(gdn.delta_rule_chunked, static_argnames="chunk_size")
+conv_jit = jax.jit(gdn.causal_conv)
 
 
 @pytest.mark.parametrize("chunk", [8, 16])
 def test_chunked_equals_naive_equals_steps(inputs, chunk):
   q, k, v, g, beta, state, reset = inputs
-  naive = gdn.delta_rule_naive(q, k, v, g, beta, state, reset)
-  chunked = gdn.delta_rule_chunked(q, k, v, g, beta, state, reset, chunk_size=chunk)
+  naive = naive_jit(q, k, v, g, beta, state, reset)
+  chunked = chunked_jit(q, k, v, g, beta, state, reset, chunk_size=chunk)
   steps = _step_by_step(q, k, v, g, beta, state, reset)
   for got in (chunked, steps):
     np.testing.assert_allclose(got[0], naive[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got[1], naive[1], atol=1e-5, rtol=0)
   # The resets matter: without them the outputs differ.
-  assert np.abs(gdn.delta_rule_chunked(q, k, v, g, beta, state, None, chunk)[0] - naive[0]).max() > 1e-2
+  no_reset = chunked_jit(q, k, v, g, beta, state, jnp.zeros_like(reset), chunk_size=chunk)
+  assert np.abs(no_reset[0] - naive[0]).max() > 1e-2
 
 
 def test_chunked_matches_transformers(inputs):
@@ -58,7 +68,7 @@ def test_chunked_matches_transformers(inputs):
   want_o, want_s = hf.torch_chunk_gated_delta_rule(
       t(q) * np.sqrt(DK), t(k), t(v), t(g), t(beta), initial_state=t(state),
       output_final_state=True, use_qk_l2norm_in_kernel=True)
-  got_o, got_s = gdn.delta_rule_chunked(q, k, v, g, beta, state, chunk_size=16)
+  got_o, got_s = chunked_jit(q, k, v, g, beta, state, chunk_size=16)
   np.testing.assert_allclose(got_o, want_o.numpy(), atol=1e-5, rtol=0)
   np.testing.assert_allclose(got_s, want_s.numpy(), atol=1e-5, rtol=0)
 
@@ -70,9 +80,9 @@ def test_chunked_gradients_equal_naive(inputs):
     o, s = fn(*args)
     return jnp.sum(o * o) + jnp.sum(jnp.sin(s))
 
-  naive = jax.grad(lambda *a: loss(gdn.delta_rule_naive, *a, reset), argnums=(0, 1, 2, 3, 4, 5))
-  chunked = jax.grad(lambda *a: loss(lambda *b: gdn.delta_rule_chunked(*b, reset, 16), *a),
-                     argnums=(0, 1, 2, 3, 4, 5))
+  naive = jax.jit(jax.grad(lambda *a: loss(gdn.delta_rule_naive, *a, reset), argnums=(0, 1, 2, 3, 4, 5)))
+  chunked = jax.jit(jax.grad(lambda *a: loss(lambda *b: gdn.delta_rule_chunked(*b, reset, 16), *a),
+                     argnums=(0, 1, 2, 3, 4, 5)))
   for want, got in zip(naive(q, k, v, g, beta, state), chunked(q, k, v, g, beta, state)):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
@@ -83,27 +93,27 @@ def test_causal_conv_matches_transformers_and_skips_padding():
   b, t, c, taps = 2, 9, 5, 4
   x = jnp.asarray(rng.normal(size=(b, t, c)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(taps, c)), jnp.float32)
-  out, state = gdn.causal_conv(x, kernel)
+  out, state = conv_jit(x, kernel)
   want = hf.causal_conv1d_fn(torch.tensor(np.asarray(x)).transpose(1, 2),
                              torch.tensor(np.asarray(kernel)).T).transpose(1, 2).numpy()
   np.testing.assert_allclose(out, want, atol=1e-5, rtol=0)
   np.testing.assert_allclose(state, np.swapaxes(x[:, -3:], 1, 2), atol=0)
   # Continuing from a state == running on the concatenation.
-  out1, state1 = gdn.causal_conv(x[:, :4], kernel)
-  out2, state2 = gdn.causal_conv(x[:, 4:], kernel, state1)
+  out1, state1 = conv_jit(x[:, :4], kernel)
+  out2, state2 = conv_jit(x[:, 4:], kernel, state1)
   np.testing.assert_allclose(jnp.concatenate([out1, out2], 1), out, atol=1e-6)
   np.testing.assert_allclose(state2, state, atol=0)
   # Padding in the middle of a continued chunk (left pad, right pad) is skipped entirely.
   garbage = jnp.full((b, 2, c), 7.0)
   padded = jnp.concatenate([garbage, x[:, 4:7], garbage, x[:, 7:]], axis=1)
   valid = jnp.asarray([[0, 0, 1, 1, 1, 0, 0, 1, 1]] * b, bool)
-  out3, state3 = gdn.causal_conv(padded, kernel, state1, valid)
+  out3, state3 = conv_jit(padded, kernel, state1, valid)
   np.testing.assert_allclose(out3[valid].reshape(b, -1, c), out2, atol=1e-6)
   np.testing.assert_allclose(state3, state, atol=0)
   # A reset cuts the window: the second sequence starts from zeros.
   reset = jnp.zeros((b, t), bool).at[:, 5].set(True)
-  out4, state4 = gdn.causal_conv(x, kernel, reset=reset)
-  np.testing.assert_allclose(out4[:, 5:], gdn.causal_conv(x[:, 5:], kernel)[0], atol=1e-6)
+  out4, state4 = conv_jit(x, kernel, reset=reset)
+  np.testing.assert_allclose(out4[:, 5:], conv_jit(x[:, 5:], kernel)[0], atol=1e-6)
   np.testing.assert_allclose(state4, state, atol=0)
 
 
@@ -125,11 +135,12 @@ def test_layer_matches_transformers_with_padding(layer_pair):
   mask[1, 8:] = 0   # right padding
   with torch.no_grad():
     want = torch_layer(torch.tensor(x), attention_mask=torch.tensor(mask)).numpy()
-  got, _ = ours(jnp.asarray(x), jnp.asarray(mask, bool))
+  call = nnx.jit(lambda layer, x, valid: layer(x, valid)[0])
+  got = call(ours, jnp.asarray(x), jnp.asarray(mask, bool))
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-5, rtol=0)
   # transformers is exact for left padding too: the padded row equals the unpadded one.
-  alone, _ = ours(jnp.asarray(x[:1, 3:]), jnp.ones((1, 8), bool))
+  alone = call(ours, jnp.asarray(x[:1, 3:]), jnp.ones((1, 8), bool))
   np.testing.assert_allclose(got[0, 3:], alone[0], atol=1e-5, rtol=0)
 
 
@@ -138,14 +149,15 @@ def test_layer_cached_decode_equals_full(layer_pair):
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(2, 9, cfg.hidden_size)), jnp.float32)
   valid = jnp.ones((2, 9), bool)
-  full, _ = ours(x, valid)
+  call = nnx.jit(lambda layer, x, valid, cache: layer(x, valid, cache=cache))
+  full, _ = call(ours, x, valid, None)
   cache = GDNCache(conv=jnp.zeros((2, cfg.gdn_conv_dim, 3)),
                    recurrent=jnp.zeros((2, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
                                         cfg.linear_value_head_dim)))
   outs = []
-  out, cache = ours(x[:, :5], valid[:, :5], cache=cache)
+  out, cache = call(ours, x[:, :5], valid[:, :5], cache)
   outs.append(out)
   for t in range(5, 9):
-    out, cache = ours(x[:, t:t + 1], valid[:, t:t + 1], cache=cache)
+    out, cache = call(ours, x[:, t:t + 1], valid[:, t:t + 1], cache)
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=0)

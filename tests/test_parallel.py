@@ -133,7 +133,8 @@ def _eight_device_checks():
 def test_layouts_on_eight_simulated_devices():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu",
+         "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
          "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
   run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
                        timeout=300)

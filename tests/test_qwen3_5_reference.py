@@ -30,7 +30,7 @@ def torch_model(cfg: config_lib.ModelConfig, seed: int = 0) -> transformers.Qwen
   model = transformers.Qwen3_5ForCausalLM(hf_text_config(cfg)).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if name.endswith("norm.weight"):
+      if name.endswith("norm.weight") or name.endswith("dt_bias"):
         p.add_(0.1 * torch.randn_like(p))
   return model
 
@@ -39,9 +39,10 @@ def _to_ours(key: str, value: np.ndarray):
   """(attribute path, value in our layout) of one HF tensor name (without the 'model.' prefix)."""
   parts = key.split(".")
   leaf = parts[-1]
-  if parts[-2] == "conv1d":
+  owner = parts[-2] if len(parts) > 1 else ""
+  if owner == "conv1d":
     return parts[:-1] + ["kernel"], value[:, 0, :].T
-  if parts[-2] == "embed_tokens":
+  if owner == "embed_tokens":
     return parts[:-1] + ["embedding"], value
   if leaf == "weight" and value.ndim == 2:
     return parts[:-1] + ["kernel"], value.T

@@ -96,6 +96,12 @@ def test_postcap_stops_at_first_overflow():
   assert [(r.qid, r.kind) for r in refs] == [("a", "bcq"), ("a", "ncq")]
 
 
+def test_hard_question_without_wrong_rollouts_is_skipped_and_counted():
+  g = group("a", 0.0, wrong=(), right_students=2, teacher=GOOD_T)  # Inconsistent accuracy.
+  plan = plan_reformulations([g], 400, ReformulationConfig(), random.Random(0))
+  assert plan.pending == [] and plan.num_skipped == 1
+
+
 def test_cap_zero_builds_nothing():
   assert build([group("a", 0.0, teacher=GOOD_T)], 3) == []
 
@@ -250,3 +256,16 @@ def test_prefix_builder_and_mask():
   with pytest.raises(ValueError, match="'a'"):
     build_prefixes([group("a", 0.0, teacher=no_ids)], 400, ReformulationConfig(),
                    random.Random(0))
+
+
+def test_teacher_cache_off_by_default_and_merging_when_on():
+  from zppo_jax.zppo.teacher_cache import TeacherRolloutCache
+  good, bad = Rollout("g", 1.0, "42"), Rollout("b", 0.0, "7")
+  off = TeacherRolloutCache()
+  assert off.merge("q", [good]) == (good,) and off.merge("q", [bad]) == (bad,) and len(off) == 0
+  on = TeacherRolloutCache(enabled=True, per_question=2, max_questions=1)
+  assert on.merge("q", [good, bad]) == (good, bad)
+  assert on.merge("q", [bad]) == (bad, good)  # A later all-wrong visit still has `good`.
+  assert on.merge("q", [good]) == (good,)  # No duplicate of a cached rollout.
+  on.merge("r", [good])
+  assert on.merge("q", [bad]) == (bad,)  # `q` was dropped for `r` (max_questions=1).

@@ -1,9 +1,16 @@
 """In-process grading rules (spec §5): math-verify equivalence, the degree/percent retry, multiple
 choice, free-form golds, and "never raises"."""
+import functools
+
 import pytest
 
-from zppo_jax.rewards import grade_answer, grade_local, is_free_form, strip_degree_percent
+from zppo_jax.rewards import GradeConfig, grading, is_free_form, strip_degree_percent
 from zppo_jax.rewards.grading import option_letter
+
+# Generous soft timeouts: on a loaded CI machine a 5 s alarm could turn a right answer into a 0.
+_CONFIG = GradeConfig(soft_timeout_s=60)
+grade_answer = functools.partial(grading.grade_answer, config=_CONFIG)
+grade_local = functools.partial(grading.grade_local, config=_CONFIG)
 
 B = "\\boxed"
 
@@ -78,11 +85,10 @@ def test_retry_strips_marks_not_units():
 def test_degree_retry_is_needed(monkeypatch):
   """The stripped retry is what makes `30°` equal `30` (math-verify itself already reads `%` and
   `^\\circ`): without it, these fail."""
-  from zppo_jax.rewards import grading
   monkeypatch.setattr(grading, "strip_degree_percent", lambda s: s)
-  assert grading.grade_answer("30°", "30") == 0.0
-  assert grading.grade_answer("30", "30°") == 0.0
-  assert grading.grade_answer("30\\deg", "30") == 0.0
+  assert grade_answer("30°", "30") == 0.0
+  assert grade_answer("30", "30°") == 0.0
+  assert grade_answer("30\\deg", "30") == 0.0
 
 
 @pytest.mark.parametrize("answer", [

@@ -22,9 +22,16 @@ def hang_or_crash(response, gold, choices, config):
 
 @pytest.fixture(scope="module")
 def pool():
-  # One-second soft timeouts keep the adversarial cases quick; the hard timeout stays generous so
-  # that a loaded CI machine never turns a slow ordinary item into a timeout.
-  with GradingPool(num_workers=2, timeout_s=30.0, config=GradeConfig(soft_timeout_s=1)) as p:
+  # Generous timeouts: a loaded CI machine must not turn a slow ordinary item into a 0.
+  with GradingPool(num_workers=2, timeout_s=60.0, config=GradeConfig(soft_timeout_s=20)) as p:
+    yield p
+
+
+@pytest.fixture(scope="module")
+def quick_pool():
+  """One-second soft timeouts keep the adversarial cases quick (their scores are not checked,
+  except for cases that are 0 whatever the grader's speed)."""
+  with GradingPool(num_workers=1, timeout_s=30.0, config=GradeConfig(soft_timeout_s=1)) as p:
     yield p
 
 
@@ -42,7 +49,8 @@ CASES = [
 
 def test_pool_matches_in_process(pool):
   items = [GradeItem(*c) for c in CASES] * 3
-  expected = [grade_local(i.response, i.gold, i.choices) for i in items]
+  config = GradeConfig(soft_timeout_s=60)
+  expected = [grade_local(i.response, i.gold, i.choices, config) for i in items]
   assert pool.grade_many(items) == expected
   assert expected.count(1.0) == 15  # The cases are a mix of right and wrong.
   assert pool.stats.timeouts == 0 and pool.stats.crashes == 0
@@ -101,9 +109,9 @@ _ADVERSARIAL = [
 ]
 
 
-def test_adversarial_responses_come_back(pool):
-  items = [GradeItem(r, g) for r in _ADVERSARIAL for g in ("1", "\\frac{1}{2}")][:36]
-  scores = pool.grade_many(items)
+def test_adversarial_responses_come_back(quick_pool):
+  items = [GradeItem(r, g) for r in _ADVERSARIAL for g in ("1", "\\frac{1}{2}")]
+  scores = quick_pool.grade_many(items)
   assert len(scores) == len(items)
   assert set(scores) <= {0.0, 1.0}
   assert scores[_ADVERSARIAL.index("\\boxed{1}" + "</think>" * 100) * 2] == 0.0
@@ -118,6 +126,6 @@ _FUZZ_ALPHABET = string.printable + "°√½π∞"
               st.text(_FUZZ_ALPHABET, max_size=40).map(lambda s: f"\\boxed{{{s}}}")),
     st.one_of(st.text(_FUZZ_ALPHABET, max_size=20), st.sampled_from(["1", "B", "\\frac12"]))),
     min_size=1, max_size=20))
-def test_grading_fuzz(pool, pairs):
-  scores = pool.grade_many([GradeItem(r, g) for r, g in pairs])
+def test_grading_fuzz(quick_pool, pairs):
+  scores = quick_pool.grade_many([GradeItem(r, g) for r, g in pairs])
   assert len(scores) == len(pairs) and set(scores) <= {0.0, 1.0}

@@ -178,3 +178,11 @@ def test_config_hf_round_trip(tmp_path):
     VisionConfig.from_hf(dict(cfg.to_hf(), deepstack_visual_indexes=[3]))
   with pytest.raises(ValueError, match="divisible"):
     vision_tiny(num_heads=3)
+
+
+def test_parameters_carry_logical_axes():
+  from zppo_jax import parallel
+  abstract = nnx.eval_shape(lambda: V.VisionModel(vision_tiny(), rngs=nnx.Rngs(0)))
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  shardings = parallel.state_shardings(nnx.state(abstract, nnx.Param), mesh, parallel.TRAIN_RULES)
+  assert len(jax.tree.leaves(shardings)) == 21

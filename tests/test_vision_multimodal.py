@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from safetensors import safe_open
 
 from zppo_jax.models.qwen3_5 import config as config_lib
@@ -120,3 +121,24 @@ def test_mismatched_placeholders_are_errors(models):
   inputs["pixel_values"] = None
   with pytest.raises(ValueError, match="13 image placeholder tokens but no image pixel"):
     ours(**inputs)
+
+
+def test_decoding_continues_from_the_multimodal_position(models):
+  """Prefill the prompt into a cache, decode one token: equals the full forward's last logits."""
+  from zppo_jax.models.qwen3_5.cache import init_cache
+  _, ours, _ = models
+  inputs = _inputs(0)
+  ids, mask = inputs["input_ids"], inputs["attention_mask"]
+  full = dict(inputs, input_ids=np.concatenate([ids, [[7], [9]]], axis=1),
+              attention_mask=np.concatenate([mask, [[1], [1]]], axis=1))
+  expected = np.asarray(ours(**full))[:, -1]
+  embeds, positions, next_position = ours.prepare_inputs(**inputs)
+  lm = ours.language_model
+  cache = init_cache(lm.cfg, batch=2, max_len=ids.shape[1] + 1)
+  prefill = nnx.jit(lambda m, e, p, a, c: m.forward(inputs_embeds=e, positions=p,
+                                                   attention_mask=a, cache=c)[1])
+  cache = prefill(lm, embeds, positions, mask, cache)
+  np.testing.assert_array_equal(cache.next_position, next_position)
+  decode = nnx.jit(lambda m, i, c: m.logits(m.forward(input_ids=i, cache=c)[0]))
+  logits = decode(lm, np.array([[7], [9]], np.int32), cache)
+  np.testing.assert_allclose(np.asarray(logits)[:, -1], expected, rtol=0, atol=1e-4)

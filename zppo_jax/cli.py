@@ -9,7 +9,11 @@ import sys
 # name -> ("module", "function", "one-line help"). Each function takes argv (list[str]) and
 # returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "eval": ("zppo_jax.eval.main", "main", "score a model on the benchmark suite; eval compare A B"),
+    "eval": ("zppo_jax.eval.main", "main", "score a model on the benchmarks; eval compare A B"),
+    "train": ("zppo_jax.train.run", "main", "RL post-training (default: the CPU demo); resumes"),
+    "sft": ("zppo_jax.train.sft", "main", "supervised fine-tuning on question/response JSONL"),
+    "export": ("zppo_jax.train.export", "main", "write a run's student as an HF checkpoint"),
+    "plot": ("zppo_jax.train.plots", "main", "PNG figures of a run's metrics"),
 }
 
 

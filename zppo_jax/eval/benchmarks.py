@@ -1,4 +1,4 @@
-"""The paper's 31 benchmarks (shared/ZPPO_SPEC.md §8): where each one's fields live, and how it is scored.
+"""The 31 benchmarks of the paper (ZPPO_SPEC.md §8): where their fields live, how each is scored.
 
 Each `Benchmark` names its published source and split and has an adapter that turns one published
 row into an `EvalItem`. Adapters read the published column names; a row missing a required field
@@ -76,8 +76,11 @@ def media(value, root: pathlib.Path, *, what: str = "image") -> Media:
   if isinstance(value, str) and value:
     if value.startswith("data:"):
       value = value.split(",", 1)[-1]
-    elif (root / value).exists() or pathlib.Path(value).is_absolute() or len(value) < 512:
-      return Media(path=str(root / value))
+    elif len(value) < 1024:  # A path: relative to the release, or under its images/ folder.
+      for candidate in (root / value, root / "images" / value):
+        if candidate.is_file():
+          return Media(path=str(candidate))
+      raise RowError(f"{what} file {value!r} not found under {root}")
     try:
       return Media(data=base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError):
@@ -86,7 +89,14 @@ def media(value, root: pathlib.Path, *, what: str = "image") -> Media:
 
 
 def _images(row: dict, root: pathlib.Path, *names: str) -> tuple[Media, ...]:
-  return tuple(media(row[n], root) for n in names if row.get(n) not in (None, "", {}))
+  """The images in the named cells, in order; a cell may hold one image or a list of them."""
+  out = []
+  for n in names:
+    cell = row.get(n)
+    for value in cell if isinstance(cell, (list, tuple)) else [cell]:
+      if value not in (None, "", {}):
+        out.append(media(value, root))
+  return tuple(out)
 
 
 def _options(value) -> tuple[str, ...]:
@@ -164,7 +174,12 @@ def charxiv(row, root):
 def dynamath(row, root):
   kind = str(field(row, "answer_type")).lower()
   image = _images(row, root, "decoded_image") or _images(row, root, "image")
-  uid, question, gold = _uid(row, "id"), field(row, "question"), str(field(row, "ground_truth"))
+  question, gold = field(row, "question"), str(field(row, "ground_truth"))
+  # Ten variants share each id and differ in the image; some releases also hold them all again
+  # in one `sample_all` split. The uid names the variant by its content, so a copy is a duplicate.
+  digest = hashlib.sha1(question.encode() + gold.encode()
+                        + b"".join(m.data or m.path.encode() for m in image)).hexdigest()[:12]
+  uid = f"{field(row, 'id')}:{digest}"
   if "choice" in kind:
     return EvalItem(uid, question, _letter(gold, 26), Mode.CHOICE, images=image)
   if kind == "float":
@@ -233,8 +248,10 @@ def mmmu_pro(row, root):
 
 
 def mmvet(row, root):
-  return EvalItem(str(field(row, "question_id")), field(row, "question"), str(field(row, "answer")),
-                  Mode.JUDGE, images=_images(row, root, "image"))
+  # lmms-lab/MMVet rows, or the original mm-vet.json ({"v1": {"imagename": ...}} + images/).
+  return EvalItem(str(field(row, "question_id", "_key")), field(row, "question"),
+                  str(field(row, "answer")), Mode.JUDGE,
+                  images=_images(row, root, "image") or _images(row, root, "imagename"))
 
 
 def _ocrbench_v2(language: str):
@@ -452,7 +469,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("aime26", "AIME26", "llm", "MathArena/aime_2026", "train",
               _math_problem(("problem_idx",), ("problem",), ("answer",))),
     Benchmark("ceval", "C-Eval", "llm", "ceval/ceval-exam (all subjects)", "val", ceval),
-    Benchmark("gpqa_diamond", "GPQA-Diamond", "llm", "Idavidrein/gpqa gpqa_diamond.csv", None, gpqa),
+    Benchmark("gpqa_diamond", "GPQA-Diamond", "llm", "Idavidrein/gpqa gpqa_diamond.csv", None,
+              gpqa),
     Benchmark("hle", "HLE", "llm", "cais/hle", "test", hle),
     Benchmark("imo_answerbench", "IMO-AnswerBench", "llm",
               "google-deepmind/superhuman imobench/answerbench.csv", None,
@@ -479,7 +497,7 @@ FAMILIES = ("vlm", "llm", "video")
 
 
 def select(names: str | list[str]) -> list[Benchmark]:
-  """Benchmarks by comma-separated names, ``all``, or a family name (``vlm``, ``llm``, ``video``)."""
+  """Benchmarks by comma-separated names, ``all``, or family names (``vlm``, ``llm``, ``video``)."""
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",") if n.strip()]
   chosen: list[Benchmark] = []

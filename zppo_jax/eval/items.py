@@ -94,10 +94,12 @@ class Verdict:
     score: in [0, 1]; 0/1 for every mode but ANLS and the OCR similarity metrics.
     path: what decided it: ``parser:<how>`` for deterministic parsers, ``judge``,
       ``judge:malformed`` (the judge's reply was not the strict JSON: wrong), ``no_judge`` (the
-      parser could not decide and no judge was configured: wrong).
+      parser could not decide and no judge was configured: wrong), ``error`` (the prompt could
+      not be generated, e.g. an unreadable image: wrong).
     extracted: the answer the parser read from the response, if any.
     gold: the reference answer.
     response: the model's full response.
+    error: why no response could be generated (path ``error``; the sample counts as wrong).
   """
   uid: str
   score: float
@@ -105,13 +107,15 @@ class Verdict:
   extracted: str | None
   gold: Any
   response: str
+  error: str | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "Verdict":
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)
+                  if f.name in d or f.default is dataclasses.MISSING})
 
 
 def format_choices(choices: tuple[str, ...]) -> str:

@@ -1,10 +1,10 @@
-"""Reads the rows of a locally stored benchmark: HF `datasets` directories, Parquet, JSON(L), CSV/TSV.
+"""Reads a locally stored benchmark: HF `datasets` directories, Parquet, JSON(L), CSV/TSV.
 
 A benchmark directory may hold any of:
   * a `datasets` ``save_to_disk`` directory (``dataset_info.json``/``state.json`` beside
     ``data-*.arrow``; a ``DatasetDict`` adds ``dataset_dict.json`` and one sub-directory per split),
   * a Hub snapshot (``data/test-00000-of-00001.parquet``, ``<config>/testmini-*.parquet``, ...),
-  * ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``, or ``{uid: row}``), ``.csv``/``.tsv``.
+  * ``.jsonl``, ``.json`` (a list, ``{"data": [...]}`` or ``{uid: row}``), ``.csv``, ``.tsv``.
 Files are read with pyarrow, so no `datasets` install is needed. When file names carry split names
 (``test-0000...``, ``validation/``), only the benchmark's split is read; files that name no split
 are always read.

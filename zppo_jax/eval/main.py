@@ -6,8 +6,9 @@
 
 ``--benchmarks`` takes comma-separated names (``mmlu,ai2d``), family names (``vlm``, ``llm``,
 ``video``) or ``all``. ``--responses`` scores recorded responses (``{"uid": "<benchmark>/<uid>",
-"response": ...}`` per line) instead of generating. A judge (``--judge-url``, an OpenAI-compatible
-endpoint) decides what the deterministic parsers cannot; without one those samples are wrong.
+"response": ...}`` per line) instead of generating. A judge decides what the deterministic parsers
+cannot: an OpenAI-compatible endpoint (``--judge-url``) or a checkpoint run in process
+(``--judge-checkpoint``, greedy, 512 new tokens); without one those samples are wrong.
 Re-running the same command continues an interrupted run.
 """
 import argparse
@@ -19,7 +20,7 @@ import sys
 
 from zppo_jax.eval import benchmarks as benchmarks_lib
 from zppo_jax.eval import report, runner
-from zppo_jax.eval.scoring import Scorer
+from zppo_jax.eval.scoring import GeneratorJudge, Scorer
 
 
 def _eval_parser() -> argparse.ArgumentParser:
@@ -32,9 +33,13 @@ def _eval_parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir", required=True, help="holds one sub-directory per benchmark")
   p.add_argument("--out", required=True, help="run directory (resumed when it exists)")
   p.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
-  p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. .../v1")
+  judge = p.add_mutually_exclusive_group()
+  judge.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. .../v1")
+  judge.add_argument("--judge-checkpoint", default=None,
+                     help="HF checkpoint of a judge (the teacher) to run in process")
   p.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
   p.add_argument("--judge-api-key", default=None)
+  p.add_argument("--judge-max-prompt-tokens", type=int, default=8192)
   p.add_argument("--grading-workers", type=int, default=1)
   p.add_argument("--grading-timeout", type=float, default=15.0, help="seconds per math item")
   for f in dataclasses.fields(runner.DecodingConfig):
@@ -44,10 +49,19 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 
 def _judge(args):
-  if args.judge_url is None:
-    return None
-  from zppo_jax.rewards import OpenAICompatibleJudge
-  return OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=args.judge_api_key)
+  """The judge the flags ask for: an HTTP endpoint, an in-process checkpoint, or none."""
+  if args.judge_url is not None:
+    from zppo_jax.rewards import OpenAICompatibleJudge
+    return OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key=args.judge_api_key)
+  if args.judge_checkpoint is not None:
+    from zppo_jax.eval.generate import SamplerGenerator
+    from zppo_jax.rewards.judge import JUDGE_MAX_TOKENS
+    # The paper's judge decoding: greedy, 512 new tokens, no filters or penalties.
+    decoding = runner.DecodingConfig(temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0,
+                                     max_new_tokens=JUDGE_MAX_TOKENS,
+                                     max_prompt_tokens=args.judge_max_prompt_tokens)
+    return GeneratorJudge(SamplerGenerator.from_path(args.judge_checkpoint, decoding))
+  return None
 
 
 def evaluate(argv: list[str]) -> int:
@@ -68,6 +82,8 @@ def evaluate(argv: list[str]) -> int:
     generator = SamplerGenerator.from_path(args.model, decoding)
     run_info = {"model": str(pathlib.Path(args.model).resolve()),
                 "decoding": dataclasses.asdict(decoding)}
+  run_info["judge"] = args.judge_url or (str(pathlib.Path(args.judge_checkpoint).resolve())
+                                         if args.judge_checkpoint else None)
   from zppo_jax.rewards import GradingPool
   pool = GradingPool(num_workers=args.grading_workers, timeout_s=args.grading_timeout)
   scorer = Scorer(judge=_judge(args), pool=pool)

@@ -1,4 +1,4 @@
-"""Deterministic answer matchers: option letters, numbers, strings, ANLS and the OCRBench-v2 metrics.
+"""Deterministic answer matchers: option letters, numbers, strings, ANLS, OCRBench-v2 metrics.
 
 Each matcher takes the answer already extracted from a response (the last ``\\boxed{}``) and either
 returns a score or None when it cannot read the answer at all, in which case the judge decides.
@@ -16,7 +16,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def unwrap_latex(text: str) -> str:
-  """Removes ``\\text{}``-style wrappers, ``$`` and surrounding whitespace: ``\\text{(B)}`` -> ``(B)``."""
+  """Removes ``\\text{}``-style wrappers, ``$`` and outer whitespace: ``\\text{(B)}`` -> ``(B)``."""
   prev = None
   while prev != text:
     prev, text = text, _LATEX_WRAPPERS.sub(r"\1", text)
@@ -52,9 +52,10 @@ def match_choice(answer: str, choices: tuple[str, ...]) -> str | None:
 
 
 def parse_number(text: str) -> float | None:
-  """The single number an answer states (``1,234.5``, ``$12``, ``45%``, ``\\frac{1}{4}``), or None."""
+  """The one number an answer states (``1,234.5``, ``$12``, ``45%``, ``\\frac{1}{4}``), or None."""
   text = unwrap_latex(text).replace(",", "").replace("\\%", "").replace("%", "")
   text = text.replace("\\!", "").replace("{,}", "")
+  text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree", "", text)
   frac = re.fullmatch(r"\s*(-?)\\[dt]?frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}\s*", text)
   if frac:
     denominator = float(frac.group(3))
@@ -62,10 +63,11 @@ def parse_number(text: str) -> float | None:
       return None
     value = float(frac.group(2)) / denominator
     return -value if frac.group(1) else value
-  numbers = _NUMBER.findall(text)
-  if len(numbers) != 1:
+  # A number, optionally after a currency sign and before unit words ("8 cm", "12 apples").
+  m = re.fullmatch(rf"\s*[$€£¥]?\s*({_NUMBER.pattern})\s*(?:[^\W\d_]+\.?\s*)*", text)
+  if m is None:
     return None
-  value = float(numbers[0])
+  value = float(m.group(1))
   return value if math.isfinite(value) else None
 
 
@@ -149,7 +151,7 @@ def box_iou(a: list[float], b: list[float]) -> float:
 
 
 def _kie_f1(prediction: str, gold: str) -> float | None:
-  """F1 over exactly matching key/value pairs of two JSON objects; None if the prediction is not one."""
+  """F1 over exactly matching key/value pairs of two JSON objects; None if the answer is not one."""
   try:
     gold_pairs = {(normalize_text(k), normalize_text(str(v))) for k, v in json.loads(gold).items()}
   except (json.JSONDecodeError, AttributeError):
@@ -185,9 +187,11 @@ def ocrbench_v2_score(prediction: str, golds: list[str], task_type: str,
     if f1 is not None:
       return f1, "kie_f1"
   if kind in _OCR_COUNT_TYPES:
-    value, targets = parse_number(prediction), [parse_number(g) for g in golds]
-    if value is None:
+    # A count may come inside a sentence ("There are 12 words"); it must be the only number.
+    numbers = _NUMBER.findall(prediction.replace(",", ""))
+    if len(numbers) != 1:
       return None
+    value, targets = float(numbers[0]), [parse_number(g) for g in golds]
     return float(any(t is not None and value == t for t in targets)), "count"
   if kind in _OCR_SIMILARITY_TYPES:
     pred = " ".join(prediction.split())

@@ -13,11 +13,13 @@ from zppo_jax.zppo import templates
 # Answer-format requests of evaluation sets that the training patterns do not cover. Each is
 # removed so that the RL closer is the only format instruction.
 EVAL_FORMAT_PATTERNS = (
-    # VLMs-are-Blind: "Answer with a number in curly brackets, e.g., {3}." -> "Answer with a number."
+    # VLMs-are-Blind: "Answer with a number in curly brackets, e.g., {3}." keeps "Answer with a
+    # number."
     r"\s*in curly brackets,?\s*(?:e\.g\.|for example),?\s*\{[^{}]*\}",
     # MMMU / Video-MME style trailers.
     r"answer with the option'?s letter from the given choices directly\.?",
-    r"respond with only the letter \([A-Z](?:,\s*[A-Z])*(?:,?\s*or\s*[A-Z])?\) of the correct option\.?",
+    r"respond with only the letter \([A-Z](?:,\s*[A-Z])*(?:,?\s*or\s*[A-Z])?\) of the correct "
+    r"option\.?",
 )
 _EVAL_RES = tuple(re.compile(p, re.IGNORECASE) for p in EVAL_FORMAT_PATTERNS)
 

@@ -159,6 +159,23 @@ def _check_run_config(out_dir: pathlib.Path, run_info: dict) -> None:
     path.write_text(json.dumps(run_info, indent=2, sort_keys=True))
 
 
+def _generate(generator: Generator, prompts: list[EvalPrompt]) -> list[str | ValueError]:
+  """Responses of a batch; if the batch fails on bad input (`ValueError`, e.g. an unreadable
+  image), its prompts are generated one by one and each failing one gets its error instead."""
+  try:
+    responses = generator.generate(prompts)
+  except ValueError as e:
+    if len(prompts) == 1:
+      _log.warning("generation failed for %s: %s", prompts[0].uid, e)
+      return [e]
+    responses = []
+    for prompt in prompts:
+      responses += _generate(generator, [prompt])
+  if len(responses) != len(prompts):
+    raise RuntimeError(f"generator returned {len(responses)} responses for {len(prompts)}")
+  return responses
+
+
 def run_benchmark(bench: Benchmark, data_dir: os.PathLike, out_dir: os.PathLike,
                   generator: Generator, scorer: Scorer, decoding: DecodingConfig = DecodingConfig(),
                   limit: int | None = None, max_batches: int | None = None) -> dict:
@@ -194,10 +211,12 @@ def run_benchmark(bench: Benchmark, data_dir: os.PathLike, out_dir: os.PathLike,
       if max_batches is not None and b >= max_batches:
         break
       batch = pending[start:start + decoding.batch_size]
-      responses = generator.generate([build_prompt(bench.name, it) for it in batch])
-      if len(responses) != len(batch):
-        raise RuntimeError(f"generator returned {len(responses)} responses for {len(batch)}")
-      for verdict in scorer.score(batch, responses):
+      responses = _generate(generator, [build_prompt(bench.name, it) for it in batch])
+      ok = [k for k, r in enumerate(responses) if isinstance(r, str)]
+      verdicts = dict(zip(ok, scorer.score([batch[k] for k in ok], [responses[k] for k in ok])))
+      for k, item in enumerate(batch):
+        verdict = verdicts.get(k) or Verdict(item.uid, 0.0, "error", None, item.gold, "",
+                                             error=str(responses[k]))
         f.write(json.dumps(verdict.to_json(), ensure_ascii=False) + "\n")
       f.flush()
       os.fsync(f.fileno())

@@ -1,10 +1,11 @@
-"""Scores responses: the deterministic parser of each item's mode first, the judge only when it fails.
+"""Scores responses: each mode's deterministic parser first, the judge only when it cannot decide.
 
 The final answer is the last ``\\boxed{}`` outside ``<think>`` (`zppo_jax.rewards.extract_answer`).
 Per mode (see `items.Mode`):
   * CHOICE: the answer must name one option (letter or full text); wrong letter = wrong.
   * MATH: graded with the reward's grader (math-verify equivalence, degree/percent retry) in a
-    process pool with a hard per-item timeout; a free-form gold that does not match goes to the judge.
+    process pool with a hard per-item timeout; a free-form gold that does not match goes to the
+    judge.
   * NUMERIC: one number, equal up to the item's decimals or a relative tolerance.
   * EXACT: normalised string equality.
   * ANLS, OCR: the benchmarks' own similarity metrics; without a box, the text after the reasoning
@@ -18,9 +19,37 @@ the path that decided it.
 from collections.abc import Sequence
 
 from zppo_jax.eval import metrics
-from zppo_jax.eval.items import EvalItem, Mode, Verdict, format_choices
-from zppo_jax.rewards import (GradeItem, GradingPool, Judge, JudgeItem, extract_answer, needs_judge,
-                              strip_think)
+from zppo_jax.eval.items import EvalItem, EvalPrompt, Mode, Verdict, format_choices
+from zppo_jax.rewards import (GradeItem, GradingPool, Judge, JudgeItem, extract_answer, judge_prompt,
+                              needs_judge, parse_verdict, strip_think)
+
+
+class GeneratorJudge:
+  """A `Judge` backed by a generator, e.g. the teacher loaded in process (`SamplerGenerator` with
+  temperature 0 and 512 new tokens): the shared judge prompt, the strict-JSON verdict contract.
+
+  Args:
+    generator: anything with ``generate(list[EvalPrompt]) -> list[str]``.
+  """
+
+  def __init__(self, generator):
+    self.generator = generator
+    self.malformed = 0
+
+  def verdicts(self, items: Sequence[JudgeItem]) -> list[bool]:
+    if not items:
+      return []
+    prompts = [EvalPrompt(f"judge/{k}", ({"role": "user", "content": judge_prompt(item)},))
+               for k, item in enumerate(items)]
+    replies = self.generator.generate(prompts)
+    verdicts = [parse_verdict(r) for r in replies]
+    self.malformed += sum(not v and not _says_wrong(r) for v, r in zip(verdicts, replies))
+    return verdicts
+
+
+def _says_wrong(reply: str) -> bool:
+  """Whether a reply is the well-formed "wrong" verdict (to count malformed replies apart)."""
+  return parse_verdict(reply.replace('"wrong"', '"correct"', 1)) if '"wrong"' in reply else False
 
 
 class Scorer:
@@ -98,7 +127,7 @@ class Scorer:
       return None
     if mode in (Mode.ANLS, Mode.OCR):
       unboxed = answer is None
-      text = strip_think(response).strip() if unboxed else answer
+      text = metrics.unwrap_latex(strip_think(response) if unboxed else answer)
       suffix = "_unboxed" if unboxed else ""
       if mode is Mode.ANLS:
         return metrics.anls(text, list(item.gold)), f"parser:anls{suffix}", text

@@ -17,7 +17,6 @@ thread; elsewhere these soft timeouts are off. The hard bound (a call stuck in C
 `zppo_jax.rewards.pool.GradingPool`, which runs this module in worker processes.
 """
 import dataclasses
-import functools
 import logging
 import re
 import threading
@@ -40,7 +39,7 @@ class GradeConfig:
     max_answer_chars: answers longer than this are compared as strings only (no sympy).
     float_rounding: decimal places math-verify rounds floats to before comparing.
   """
-  soft_timeout_s: int | None = 2
+  soft_timeout_s: int | None = 5
   max_answer_chars: int = 1000
   float_rounding: int = 6
 
@@ -119,11 +118,38 @@ def _on_main_thread() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(text: str, timeout: int | None):
-  """math_verify.parse of ``\\boxed{text}``, cached: one gold answer is graded G_S times a step."""
+_PARSE_CACHE: dict[tuple[str, int | None], list] = {}
+_PARSE_CACHE_SIZE = 4096
+_warm = False
+
+
+def _warm_up() -> None:
+  """Imports sympy and builds math-verify's parser once, outside any timeout: the first parse
+  of a process takes seconds, which must not be charged to (and time out) the first item."""
+  global _warm
+  if not _warm:
+    from math_verify import parse, verify
+    verify(parse("\\boxed{1}", parsing_timeout=None), parse("\\boxed{1}", parsing_timeout=None),
+           timeout_seconds=None)
+    _warm = True
+
+
+def _parse(text: str, timeout: int | None) -> list:
+  """math_verify.parse of ``\\boxed{text}``, cached: one gold answer is graded G_S times a step.
+
+  Only successful parses are cached: math-verify returns ``[]`` on a timeout too, and a timeout
+  under load must not make a gold answer unparseable for the rest of the run.
+  """
+  key = (text, timeout)
+  if key in _PARSE_CACHE:
+    return _PARSE_CACHE[key]
   from math_verify import parse  # Imported lazily: sympy takes ~0.5 s to import.
-  return parse("\\boxed{" + text + "}", parsing_timeout=timeout)
+  parsed = parse("\\boxed{" + text + "}", parsing_timeout=timeout)
+  if parsed:
+    if len(_PARSE_CACHE) >= _PARSE_CACHE_SIZE:
+      _PARSE_CACHE.clear()
+    _PARSE_CACHE[key] = parsed
+  return parsed
 
 
 def _math_equal(answer: str, gold: str, config: GradeConfig) -> bool:
@@ -131,8 +157,9 @@ def _math_equal(answer: str, gold: str, config: GradeConfig) -> bool:
   from math_verify import verify
   timeout = config.soft_timeout_s if _on_main_thread() else None
   try:
-    gold_parsed = _parse_cached(gold, timeout)
-    answer_parsed = _parse_cached(answer, timeout)
+    _warm_up()
+    gold_parsed = _parse(gold, timeout)
+    answer_parsed = _parse(answer, timeout)
     if not gold_parsed or not answer_parsed:
       return False
     return bool(verify(gold_parsed, answer_parsed, float_rounding=config.float_rounding,
@@ -203,7 +230,7 @@ def grade_answer(answer: str | None, gold: str, choices: Choices = None,
     if (answer_bare, gold_bare) != (answer, gold) and answer_bare and gold_bare:
       if normalize_text(answer_bare) == normalize_text(gold_bare):
         return 1.0
-      return float(_math_equal(answer_bare, gold_bare, config))
+      return 0.0
     return 0.0
   except Exception:  # noqa: BLE001 - grading never raises; a failure is a 0.
     _log.debug("grading failed for %r vs %r", answer, gold, exc_info=True)

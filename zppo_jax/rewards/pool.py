@@ -68,11 +68,12 @@ def _resolve(grade_fn: str | None) -> GradeFn:
 
 
 def worker_main(conn: multiprocessing.connection.Connection, config: GradeConfig,
-                 grade_fn: str | None) -> None:
+                grade_fn: str | None) -> None:
   """Worker loop: announce readiness, then grade ``(index, item)`` messages until ``None``."""
   fn = _resolve(grade_fn)
-  # Warm math-verify up (imports sympy and its parser) before announcing readiness.
-  fn("\\boxed{1}", "1", None, config)
+  # Warm math-verify up (imports sympy, builds its parser) before announcing readiness: an item
+  # that needs math equivalence, so the string-equality shortcut does not skip it.
+  fn("\\boxed{0.5}", "\\frac{1}{2}", None, config)
   conn.send("ready")
   while True:
     try:
@@ -150,7 +151,7 @@ class GradingPool:
   Use as a context manager, or call `close()`.
   """
 
-  def __init__(self, num_workers: int = 2, timeout_s: float = 15.0,
+  def __init__(self, num_workers: int = 2, timeout_s: float = 30.0,
                config: GradeConfig = GradeConfig(), startup_timeout_s: float = 120.0,
                memory_limit_mb: int | None = 4096, grade_fn: str | None = None):
     if num_workers < 1:

@@ -97,8 +97,8 @@ class ReformulationConfig:
     raw_candidate_max_tokens: the truncation length when compression is off.
     compression_max_new_tokens: the teacher's budget for one compression (for the trainer).
     cache_teacher_rollouts: keep correct teacher rollouts per question across visits (an option
-      beyond the paper, off: the paper re-samples the teacher on each visit). The trainer owns
-      the cache; this flag is where it is configured.
+      beyond the paper, off: the paper re-samples the teacher on each visit); the trainer passes
+      it to `zppo_jax.zppo.teacher_cache.TeacherRolloutCache`.
     prefix_fraction: the Prefix baseline forces this fraction of a correct teacher rollout.
     strip_format_instructions: remove upstream format instructions from questions.
   """
@@ -185,6 +185,8 @@ class ReformulationPlan:
     num_hard: |X_hard| before the pre-cap.
     num_kept: questions after the pre-cap.
     num_dropped: instances dropped by the post-cap.
+    num_skipped: kept questions with no wrong student rollout (inconsistent input: a hard
+      question has one), which get no reformulation.
   """
   pending: list[_Pending]
   config: ReformulationConfig
@@ -192,6 +194,7 @@ class ReformulationPlan:
   num_hard: int
   num_kept: int
   num_dropped: int
+  num_skipped: int = 0
   truncate: Callable[[str, int], str] = _words_truncate
   _texts: list[str] = dataclasses.field(default_factory=list)
 
@@ -260,10 +263,11 @@ def plan_reformulations(groups: Sequence[QuestionGroup], num_new: int,
   kept = select_hard(groups, num_new, config)
   pool = config.cap(num_new)
   pending: list[_Pending] = []
-  dropped = 0
+  dropped = skipped = 0
   full = False
   for g in kept:
     wrong = [r for r in g.student_rollouts if not r.correct]
+    skipped += not wrong
     right_teacher = [r for r in g.teacher_rollouts if r.correct]
     instances: list[Kind] = []
     if config.use_bcq and wrong and right_teacher:
@@ -297,8 +301,8 @@ def plan_reformulations(groups: Sequence[QuestionGroup], num_new: int,
           seen.add(r.text)
           texts.append(r.text)
   prompts = [templates.compression_prompt(t) for t in texts]
-  return ReformulationPlan(pending, config, prompts, len(hard), len(kept), dropped, truncate,
-                           texts)
+  return ReformulationPlan(pending, config, prompts, len(hard), len(kept), dropped, skipped,
+                           truncate, texts)
 
 
 def build_reformulations(groups: Sequence[QuestionGroup], num_new: int,

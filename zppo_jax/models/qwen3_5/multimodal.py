@@ -34,8 +34,9 @@ from zppo_jax.models.qwen3_5 import checkpoint
 from zppo_jax.models.qwen3_5.config import IGNORED_COMMON_FIELDS, ModelConfig
 from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
 from zppo_jax.models.qwen3_5.rope_index import derive_mm_token_type_ids, get_rope_index
-from zppo_jax.models.qwen3_5.vision import (VisionModel, load_vision_params, vision_params_from_hf,
-                                            vision_params_to_hf, vision_state_dict)
+from zppo_jax.models.qwen3_5.vision import (VisionModel, load_vision_params, vision_inputs,
+                                            vision_params_from_hf, vision_params_to_hf,
+                                            vision_state_dict)
 from zppo_jax.models.qwen3_5.vision_config import VisionConfig
 
 _TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
@@ -132,7 +133,8 @@ class Qwen3_5ForConditionalGeneration(nnx.Module):
     if count != n_features:
       raise ValueError(f"{name} features and {name} tokens do not match: {count} placeholder "
                        f"tokens, {n_features} features from {name}_grid_thw {grid_thw.tolist()}")
-    features = self.visual(jnp.asarray(pixel_values), grid_thw)
+    features = _encode(self.visual, jnp.asarray(pixel_values),
+                       vision_inputs(grid_thw, self.cfg.vision))
     return place_features(embeds, jnp.asarray(ids == token_id), features)
 
   def prepare_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -176,9 +178,19 @@ class Qwen3_5ForConditionalGeneration(nnx.Module):
         input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
         video_grid_thw, mm_token_type_ids)
     mask = None if attention_mask is None else jnp.asarray(attention_mask)
-    hidden, _ = self.language_model.forward(inputs_embeds=embeds, positions=positions,
-                                            attention_mask=mask)
-    return self.language_model.logits(hidden)
+    return _decode(self.language_model, embeds, positions, mask)
+
+
+@nnx.jit
+def _encode(visual: VisionModel, pixel_values: jax.Array, inputs) -> jax.Array:
+  return visual(pixel_values, inputs=inputs)
+
+
+@nnx.jit
+def _decode(language_model: Qwen3_5ForCausalLM, embeds, positions, mask) -> jax.Array:
+  hidden, _ = language_model.forward(inputs_embeds=embeds, positions=positions,
+                                     attention_mask=mask)
+  return language_model.logits(hidden)
 
 
 def has_vision_weights(path: str | os.PathLike) -> bool:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zppo_jax import parallel
 from zppo_jax.models.qwen3_5.vision_config import VisionConfig
 
 _ACT = {
@@ -158,14 +159,54 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(dtype)
 
 
-def _linear(din, dout, cfg, rngs):
-  return nnx.Linear(din, dout, use_bias=True, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
+# The tower is small next to the decoder: its parameters are replicated (logical names None).
+_REPLICATED = None
 
 
-def _layer_norm(dim, cfg, rngs):
-  return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype,
-                       param_dtype=cfg.param_dtype, use_fast_variance=False, rngs=rngs)
+class Dense(nnx.Module):
+  """``y = x @ kernel + bias``; kernel float[in, out] (HF stores its transpose)."""
+
+  def __init__(self, in_features: int, out_features: int, cfg: VisionConfig, *, rngs: nnx.Rngs):
+    self.kernel = parallel.param(jax.nn.initializers.normal(cfg.initializer_range), rngs.params(),
+                                 (in_features, out_features), (_REPLICATED, _REPLICATED),
+                                 cfg.param_dtype)
+    self.bias = parallel.param(jax.nn.initializers.zeros, None, (out_features,), (_REPLICATED,),
+                               cfg.param_dtype)
+    self.dtype = cfg.dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """float[..., in] -> float[..., out] in the compute dtype."""
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """``(x - mean) / sqrt(var + eps) * scale + bias``, statistics in float32."""
+
+  def __init__(self, dim: int, cfg: VisionConfig, *, rngs: nnx.Rngs):
+    del rngs
+    self.scale = parallel.param(jax.nn.initializers.ones, None, (dim,), (_REPLICATED,),
+                                cfg.param_dtype)
+    self.bias = parallel.param(jax.nn.initializers.zeros, None, (dim,), (_REPLICATED,),
+                               cfg.param_dtype)
+    self.eps = cfg.layer_norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """float[..., dim] -> float[..., dim] (same dtype)."""
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+    return (normed * self.scale[...].astype(jnp.float32)
+            + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class PositionTable(nnx.Module):
+  """The learned square position-embedding table float[num_position_embeddings, D]."""
+
+  def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
+    self.embedding = parallel.param(jax.nn.initializers.normal(cfg.initializer_range),
+                                    rngs.params(), (cfg.num_position_embeddings, cfg.hidden_size),
+                                    (_REPLICATED, _REPLICATED), cfg.param_dtype)
 
 
 class VisionAttention(nnx.Module):
@@ -173,8 +214,8 @@ class VisionAttention(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.qkv = _linear(cfg.hidden_size, 3 * cfg.hidden_size, cfg, rngs)
-    self.proj = _linear(cfg.hidden_size, cfg.hidden_size, cfg, rngs)
+    self.qkv = Dense(cfg.hidden_size, 3 * cfg.hidden_size, cfg, rngs=rngs)
+    self.proj = Dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs=rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                segment_ids: jax.Array) -> jax.Array:
@@ -195,8 +236,8 @@ class VisionAttention(nnx.Module):
 class VisionMLP(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
     self.act = _ACT[cfg.hidden_act]
-    self.linear_fc1 = _linear(cfg.hidden_size, cfg.intermediate_size, cfg, rngs)
-    self.linear_fc2 = _linear(cfg.intermediate_size, cfg.hidden_size, cfg, rngs)
+    self.linear_fc1 = Dense(cfg.hidden_size, cfg.intermediate_size, cfg, rngs=rngs)
+    self.linear_fc2 = Dense(cfg.intermediate_size, cfg.hidden_size, cfg, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.linear_fc2(self.act(self.linear_fc1(x)))
@@ -206,8 +247,8 @@ class VisionBlock(nnx.Module):
   """Pre-norm transformer block: x + Attn(LN1(x)), then + MLP(LN2(x))."""
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
-    self.norm1 = _layer_norm(cfg.hidden_size, cfg, rngs)
-    self.norm2 = _layer_norm(cfg.hidden_size, cfg, rngs)
+    self.norm1 = LayerNorm(cfg.hidden_size, cfg, rngs=rngs)
+    self.norm2 = LayerNorm(cfg.hidden_size, cfg, rngs=rngs)
     self.attn = VisionAttention(cfg, rngs=rngs)
     self.mlp = VisionMLP(cfg, rngs=rngs)
 
@@ -222,9 +263,9 @@ class PatchMerger(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     merged = cfg.hidden_size * cfg.merge_unit
-    self.norm = _layer_norm(cfg.hidden_size, cfg, rngs)
-    self.linear_fc1 = _linear(merged, merged, cfg, rngs)
-    self.linear_fc2 = _linear(merged, cfg.out_hidden_size, cfg, rngs)
+    self.norm = LayerNorm(cfg.hidden_size, cfg, rngs=rngs)
+    self.linear_fc1 = Dense(merged, merged, cfg, rngs=rngs)
+    self.linear_fc2 = Dense(merged, cfg.out_hidden_size, cfg, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """float[N, D] -> float[N / (M*M), out_hidden_size]."""
@@ -234,7 +275,7 @@ class PatchMerger(nnx.Module):
 
 class PatchEmbed(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
-    self.proj = _linear(cfg.patch_dim, cfg.hidden_size, cfg, rngs)
+    self.proj = Dense(cfg.patch_dim, cfg.hidden_size, cfg, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     """float[N, C*Tp*P*P] -> float[N, D]."""
@@ -247,13 +288,10 @@ class VisionModel(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.patch_embed = PatchEmbed(cfg, rngs=rngs)
-    self.pos_embed = nnx.Embed(cfg.num_position_embeddings, cfg.hidden_size, dtype=cfg.dtype,
-                               param_dtype=cfg.param_dtype,
-                               embedding_init=nnx.initializers.normal(cfg.initializer_range),
-                               rngs=rngs)
+    self.pos_embed = PositionTable(cfg, rngs=rngs)
 
     @nnx.split_rngs(splits=cfg.depth)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=parallel.SCAN_METADATA)
     def make_blocks(block_rngs):
       return VisionBlock(cfg, rngs=block_rngs)
 

@@ -1,0 +1,197 @@
+"""The step loop of every method with a scripted policy (no model): Algorithm 1's bookkeeping.
+
+The scripted student answers a question correctly with a probability that depends on its level, on
+the prompt kind (a BCQ shows the right answer, so it is easier) and on a learned "skill" that the
+updates move; its state is a small JAX pytree so checkpoints go through orbax like the real one.
+These tests check the loop's wiring fast; tests/test_trainer_e2e.py runs the real model.
+"""
+import json
+import pathlib
+import random
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zppo_jax.data import demo_task, demo_tokenizer
+from zppo_jax.data.prompts import PromptIterator, load_prompts
+from zppo_jax.rewards import extract_answer
+from zppo_jax.train import augment
+from zppo_jax.train.config import METHODS, load_config
+from zppo_jax.train.groups import Completion
+from zppo_jax.train.metrics import read_metrics
+from zppo_jax.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  root = tmp_path_factory.mktemp("assets")
+  rows = demo_task.records([1, 2, 3, 4], 64, 0, prefix="t")
+  corpus = [augment.user_text(r["question"]) + demo_task.solution(*demo_task.operands(
+      r["question"])) for r in rows] + ["user assistant candidate WRONG hint summary"]
+  tok = demo_tokenizer.build_tokenizer(corpus, root / "tok", vocab_size=400)
+  demo_task.write_jsonl(rows, root / "train.jsonl")
+  return tok, root / "train.jsonl", demo_task.records([4], 4, 1, prefix="e")
+
+
+class ScriptedPolicy:
+  """Answers correctly with probability sigmoid(skill + bonus - level); deterministic per seed."""
+
+  def __init__(self, tok, skill=2.0):
+    self.tok = tok
+    self.stop = tok.convert_tokens_to_ids("<|im_end|>")
+    self.params = {"skill": jnp.asarray(skill, jnp.float32), "updates": jnp.asarray(0, jnp.int32)}
+    self.updates_seen = []
+
+  def generate(self, prompts, *, num_samples, max_new_tokens, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for ids in prompts:
+      text = self.tok.decode(ids, skip_special_tokens=False)
+      m = re.search(r"What is (\d+) \+ (\d+)\?", text)
+      if m is None:  # A teacher text job (compression or hint): echo a short summary.
+        out.append([Completion(self.tok.encode("<summary>short</summary>") + [self.stop],
+                               [-1.0] * 4)] * num_samples)
+        continue
+      a, b = int(m.group(1)), int(m.group(2))
+      level = len(m.group(1))
+      bonus = 2.0 if "candidate" in text or "<hint>" in text else 0.0
+      p = 1 / (1 + np.exp(-(float(self.params["skill"]) + bonus - 1.5 * level)))
+      group = []
+      for _ in range(num_samples):
+        answer = a + b if rng.random() < p else a + b + 1 + int(rng.integers(3))
+        tokens = self.tok.encode(f"<think>\nsum\n</think>\n\\boxed{{{answer}}}") + [self.stop]
+        group.append(Completion(tokens, [-0.5] * len(tokens)))
+      out.append(group)
+    return out
+
+  def train_step(self, parts):
+    self.updates_seen.append([len(p) for p in parts])
+    for part in parts:
+      gain = float(np.mean([s.advantage * (1 if "\\boxed" in self.tok.decode(s.tokens) else 0)
+                            for s in part]))
+      self.params = {"skill": self.params["skill"] + 0.05 * abs(gain),
+                     "updates": self.params["updates"] + 1}
+    return [{"loss": 0.1, "skipped": 0.0} for _ in parts]
+
+  def distill_step(self, sequences, teacher):
+    self.params = {"skill": self.params["skill"] + 0.01,
+                   "updates": self.params["updates"] + 1}
+    return {"jsd": 0.5, "skipped": 0.0}
+
+  def state(self):
+    return self.params
+
+  def load_state(self, state):
+    self.params = {k: jnp.asarray(v) for k, v in state.items()}
+
+
+def grader(responses, records):
+  return [float(extract_answer(r) == rec["answer"]) for r, rec in zip(responses, records)]
+
+
+def make_trainer(assets, workdir, method="zppo", steps=3, overrides=()):
+  tok, train_path, eval_rows = assets
+  config = load_config("configs/demo.py:tiny", [f"--config.method={method}",
+                                                f"--config.total_steps={steps}", *overrides])
+  config.async_checkpointing = False
+  prompts = load_prompts(train_path, tok, augment.user_text, max_prompt_tokens=256)
+  it = PromptIterator(prompts.records, config.rl.batch_prompts, seed=config.seed)
+  student, teacher = ScriptedPolicy(tok, skill=3.0), ScriptedPolicy(tok, skill=8.0)
+  return Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tok, prompts=it,
+                 grader=grader, stop_ids=[student.stop], eval_records=eval_rows,
+                 stream=open("/dev/null", "w"))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_and_logs(assets, tmp_path, method):
+  trainer = make_trainer(assets, tmp_path, method, steps=2)
+  summary = trainer.train()
+  rows = read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2]
+  flags = METHODS[method]
+  for r in rows:
+    assert r["batch/new"] == trainer.config.rl.batch_prompts
+    assert all(k.startswith("time_") or not isinstance(v, float) or np.isfinite(v)
+               for k, v in r.items())
+    if not flags["bcq"]:
+      assert r.get("reform/bcq", 0) == 0
+    if not (flags["replay"] or (flags["distill"] and trainer.config.rl.distill_with_buffer)):
+      assert r["batch/replay"] == 0
+  assert summary["step"] == 2
+  assert "eval_before" in summary and "eval_after" in summary
+
+
+def test_zppo_turns_all_fail_questions_into_learning_signal(assets, tmp_path):
+  trainer = make_trainer(assets, tmp_path, "zppo", steps=3)
+  trainer.train()
+  rows = read_metrics(tmp_path)
+  # Some plain groups fail completely, yet BCQ/NCQ groups of hard questions carry signal.
+  assert sum(r.get("groups/bcq", 0) for r in rows) > 0
+  assert sum(r.get("groups/ncq", 0) for r in rows) > 0
+  assert any(r.get("zero_adv/bcq", 1.0) < 1.0 for r in rows)
+  # Caps: BCQ + NCQ never exceed floor(rho_aug * |X_new|).
+  cap = int(trainer.config.rl.aug_ratio * trainer.config.rl.batch_prompts)
+  assert all(r.get("reform/bcq", 0) + r.get("reform/ncq", 0) <= cap for r in rows)
+  # I disjoint mini-batches per step, together holding every rollout exactly once.
+  for sizes, r in zip(trainer.student.updates_seen, rows):
+    assert len(sizes) == trainer.config.rl.inner_updates
+    total = sum(r.get(f"groups/{k}", 0) for k in ("plain", "bcq", "ncq")) * \
+        trainer.config.rl.group_size
+    assert sum(sizes) == total and max(sizes) - min(sizes) <= 1
+
+
+def test_grpo_has_no_replay_and_no_teacher_calls(assets, tmp_path):
+  trainer = make_trainer(assets, tmp_path, "grpo", steps=2)
+  trainer.teacher = None  # GRPO never asks the teacher.
+  trainer.train()
+  rows = read_metrics(tmp_path)
+  assert all(r["batch/replay"] == 0 and "groups/bcq" not in r for r in rows)
+
+
+def test_buffer_admits_hard_and_replays_them(assets, tmp_path):
+  trainer = make_trainer(assets, tmp_path, "grpo_replay", steps=3)
+  trainer.train()
+  rows = read_metrics(tmp_path)
+  assert rows[0]["buffer/admitted"] == rows[0]["batch/hard"]
+  assert rows[1]["batch/replay"] == min(rows[0]["buffer/size"],
+                                        int(round(0.25 * trainer.config.rl.batch_prompts)))
+  assert rows[-1]["buffer/admitted_total"] == sum(r["buffer/admitted"] for r in rows)
+
+
+def _deterministic(rows):
+  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def test_resume_is_exact(assets, tmp_path):
+  full = make_trainer(assets, tmp_path / "full", "zppo", steps=4,
+                      overrides=["--config.checkpoint_every=2"])
+  full.train()
+  part = make_trainer(assets, tmp_path / "part", "zppo", steps=2,
+                      overrides=["--config.checkpoint_every=2"])
+  part.train()
+  # A new process-like trainer on the same workdir continues from step 2.
+  rest = make_trainer(assets, tmp_path / "part", "zppo", steps=4,
+                      overrides=["--config.checkpoint_every=2"])
+  rest.train()
+  assert rest.step == 4
+  assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
+      read_metrics(tmp_path / "part"))
+  assert float(full.student.params["skill"]) == float(rest.student.params["skill"])
+
+
+def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, capfd):
+  trainer = make_trainer(assets, tmp_path, "grpo_replay", steps=2,
+                         overrides=["--config.checkpoint_every=1"])
+  trainer.train()
+  for f in (tmp_path / "checkpoints" / "2").rglob("*"):
+    if f.is_file() and "host" in f.parts:
+      f.write_text("{not json")
+  again = make_trainer(assets, tmp_path, "grpo_replay", steps=2,
+                       overrides=["--config.checkpoint_every=1"])
+  again.stream = None
+  again.train()
+  err = capfd.readouterr().err
+  assert "step 2" in err and "cannot be restored" in err
+  assert again.step == 2  # Resumed at 1, re-ran step 2.

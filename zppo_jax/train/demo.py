@@ -1,0 +1,145 @@
+"""The CPU demo's set-up: task data, tokenizer, and a warm-started student and teacher, cached.
+
+`prepare(config)` builds, once per demo setting, in `config.demo.cache_dir/<hash>/`:
+  tokenizer/   a byte-level BPE tokenizer with the ChatML template (`data.demo_tokenizer`)
+  train.jsonl  generated addition questions over `demo.train_levels`
+  eval.jsonl   held-out questions of `demo.eval_level` (the hard level)
+  student/     a small Qwen3.5 warm-started by SFT on the easy levels only (plus BCQ/NCQ-format
+               examples of those levels, so it knows how to read candidates)
+  teacher/     a larger Qwen3.5 warm-started by SFT on every level
+and points the config's student, teacher, tokenizer and data paths at them. A second run finds the
+cache and starts at the RL phase.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import random
+import sys
+import time
+
+from zppo_jax.data import demo_task, demo_tokenizer
+from zppo_jax.zppo import templates
+
+
+def model_config(config, role: str, vocab_size: int):
+  """The demo's tiny Qwen3.5 shapes: one hybrid cycle (3 GDN + 1 attention) repeated."""
+  from zppo_jax.models.qwen3_5 import config as model_cfg
+  hidden = int(config.demo[f"{role}_hidden"])
+  layers = int(config.demo[f"{role}_layers"])
+  return model_cfg.ModelConfig(
+      vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+      num_hidden_layers=layers,
+      layer_types=tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+                        for i in range(layers)),
+      num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+      linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=hidden // 4,
+      linear_value_head_dim=hidden // 4, linear_conv_kernel_dim=4, rope_theta=10_000.0,
+      partial_rotary_factor=0.25, mrope_section=_mrope(hidden // 4), tie_word_embeddings=True,
+      gdn_chunk_size=32)
+
+
+def _mrope(head_dim: int) -> tuple[int, int, int]:
+  pairs = int(head_dim * 0.25) // 2
+  t = pairs - 2 * (pairs // 3)
+  return (t, pairs // 3, pairs // 3)
+
+
+def _key(config) -> str:
+  fields = {k: config.demo[k] for k in sorted(config.demo.keys()) if k != "cache_dir"}
+  fields["seed"] = config.seed
+  blob = json.dumps(fields, sort_keys=True, default=list)
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _solution_pairs(records, rng: random.Random, with_candidates: bool) -> list[tuple[str, str]]:
+  """(user text, response) pairs: plain prompts, and optionally BCQ / NCQ prompts of them."""
+  pairs = []
+  for r in records:
+    a, b = demo_task.operands(r["question"])
+    response = demo_task.solution(a, b)
+    pairs.append((templates.rl_prompt(r["question"]), response))
+    if with_candidates:
+      wrong, _ = demo_task.wrong_solution(a, b, rng)
+      raw = lambda text: templates.strip_think(text).strip()  # noqa: E731  (compression off)
+      cands = [raw(response), raw(wrong)]
+      rng.shuffle(cands)
+      pairs.append((templates.rl_prompt(templates.bcq_prompt(r["question"], tuple(cands))),
+                    response))
+      wrongs = [demo_task.wrong_solution(a, b, rng)[0] for _ in range(rng.randint(1, 3))]
+      ncq = templates.ncq_prompt(r["question"], [_boxed(w) for w in wrongs],
+                                 [raw(w) for w in wrongs])
+      pairs.append((templates.rl_prompt(ncq), response))
+  return pairs
+
+
+def _boxed(text: str) -> str:
+  return text.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
+
+
+def prepare(config, stream=None) -> pathlib.Path:
+  """Builds (or finds) the demo's cache and points `config` at it; returns the cache directory."""
+  stream = stream or sys.stderr
+  demo = config.demo
+  root = pathlib.Path(demo.cache_dir) / _key(config)
+  done = root / "DONE"
+  if not done.exists():
+    t0 = time.time()
+    print(f"demo: building task, tokenizer and warm-started models in {root} (first run only)",
+          file=stream)
+    _build(config, root, stream)
+    done.write_text(json.dumps({"seconds": time.time() - t0}))
+    print(f"demo: set-up took {time.time() - t0:.0f}s", file=stream)
+  else:
+    print(f"demo: using the cached task and models in {root}", file=stream)
+  config.student.checkpoint = str(root / "student")
+  config.teacher.checkpoint = str(root / "teacher")
+  config.data.tokenizer = str(root / "tokenizer")
+  config.data.train_path = str(root / "train.jsonl")
+  config.data.eval_path = str(root / "eval.jsonl")
+  return root
+
+
+def _build(config, root: pathlib.Path, stream) -> None:
+  from flax import nnx
+  from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
+  from zppo_jax.train import run, sft
+
+  demo = config.demo
+  root.mkdir(parents=True, exist_ok=True)
+  train = demo_task.records(demo.train_levels, demo.num_train, config.seed, prefix="train")
+  held_out = demo_task.records([demo.eval_level], demo.num_eval, config.seed + 1, prefix="eval")
+  demo_task.write_jsonl(train, root / "train.jsonl")
+  demo_task.write_jsonl(held_out, root / "eval.jsonl")
+  rng = random.Random(config.seed)
+  sft_levels = sorted(set(demo.student_sft_levels) | set(demo.teacher_sft_levels))
+  sft_records = {lvl: demo_task.records([lvl], demo.sft_examples_per_level, config.seed + 2 + lvl,
+                                        prefix="sft") for lvl in sft_levels}
+  student_pairs = _solution_pairs([r for lvl in demo.student_sft_levels
+                                   for r in sft_records[lvl]], rng, with_candidates=True)
+  teacher_pairs = _solution_pairs([r for lvl in demo.teacher_sft_levels
+                                   for r in sft_records[lvl]], rng, with_candidates=False)
+  corpus = [u + "\n" + a for u, a in student_pairs + teacher_pairs] + [
+      templates.compression_prompt("x"), templates.hint_prompt("x"), "user\nassistant\n"]
+  tokenizer = demo_tokenizer.build_tokenizer(corpus, root / "tokenizer",
+                                             vocab_size=demo.vocab_size)
+  vocab = 1 << (len(tokenizer) - 1).bit_length()
+  stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+  row_len = int(config.rl.pack_row_len)
+  for role, pairs, steps in (("student", student_pairs, demo.student_sft_steps),
+                             ("teacher", teacher_pairs, demo.teacher_sft_steps)):
+    cfg = model_config(config, role, vocab)
+    model = Qwen3_5ForCausalLM(cfg, rngs=nnx.Rngs(config.seed + (role == "teacher")))
+    print(f"demo: warm-starting the {role} ({_count(model):,} parameters) on "
+          f"{len(pairs)} examples, {steps} steps", file=stream)
+    sft.train_sft(model, sft.chat_examples(tokenizer, pairs, stop), steps=steps,
+                  batch_size=demo.sft_batch, learning_rate=demo.sft_lr, seed=config.seed,
+                  row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
+    run.save_model(model, root / role, tokenizer)
+
+
+def _count(model) -> int:
+  import jax
+  from flax import nnx
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

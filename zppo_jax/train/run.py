@@ -1,0 +1,157 @@
+"""`zppo train`: builds a run from its config (models, tokenizer, data, grader) and trains it.
+
+  zppo train [--config=configs/demo.py] [--workdir=DIR] [--config.KEY=VALUE ...]
+
+The default config is the CPU demo; the default workdir is `runs/<config name>`. Re-running the
+same command on an existing workdir resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+from zppo_jax.train.config import parse_args
+
+
+def load_tokenizer(path: str):
+  import transformers  # Heavy; only when a run is built.
+  return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None):
+  """A Qwen3.5 HF checkpoint directory as our text model."""
+  import jax.numpy as jnp
+  from zppo_jax.models.qwen3_5.checkpoint import load_pretrained
+  return load_pretrained(path, dtype=jnp.dtype(dtype),
+                         param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
+
+
+def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
+  """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
+  from zppo_jax.models.qwen3_5.checkpoint import save_pretrained
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  save_pretrained(model, str(out_dir))
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def make_grader(config, teacher=None, tokenizer=None):
+  """`grader(responses, records) -> rewards`: the grading pool, with the teacher as judge."""
+  from zppo_jax.rewards import GradingPool, RewardItem, grade_batch
+  from zppo_jax.train.teacher import TeacherJudge
+  pool = GradingPool(num_workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
+  judge = TeacherJudge(teacher, tokenizer) if teacher is not None else None
+
+  def grader(responses, records):
+    items = [RewardItem(resp, str(rec["answer"]), rec["question"], rec.get("choices"))
+             for resp, rec in zip(responses, records)]
+    return grade_batch(items, pool, judge) if items else []
+
+  grader.close = pool.close
+  return grader
+
+
+def build_trainer(config, workdir: pathlib.Path, stream=None):
+  """Everything a run needs, from the config; returns (trainer, closer)."""
+  import jax
+  from zppo_jax.data.prompts import PromptIterator, load_prompts
+  from zppo_jax.sampling import SamplingParams
+  from zppo_jax.train import augment
+  from zppo_jax.train.config import method_flags
+  from zppo_jax.train.student import Student
+  from zppo_jax.train.teacher import Teacher, make_mesh_for, split_devices
+  from zppo_jax.train.trainer import Trainer
+
+  stream = stream or sys.stderr
+  if not config.student.checkpoint:
+    raise ValueError("config.student.checkpoint is empty: set it to an HF checkpoint directory")
+  if not config.data.train_path:
+    raise ValueError("config.data.train_path is empty: set it to a JSONL or Parquet file")
+  tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
+  stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+                   if t in tokenizer.get_vocab())
+  student_devices, teacher_devices = split_devices(config.teacher.device_fraction)
+  student_mesh = make_mesh_for(student_devices)
+  model = load_model(config.student.checkpoint, config.student.compute_dtype,
+                     config.student.param_dtype, mesh=student_mesh)
+  student = Student(model, config, stop_ids, mesh=student_mesh)
+  flags = method_flags(config)
+  teacher = None
+  if config.teacher.checkpoint and (flags["bcq"] or flags["hint"] or flags["prefix"]
+                                    or flags["distill"] or flags["ncq"]):
+    teacher_mesh = make_mesh_for(teacher_devices)
+    teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
+                               config.teacher.param_dtype, mesh=teacher_mesh)
+    sampling = SamplingParams(temperature=config.sampling.temperature,
+                              top_p=config.sampling.top_p, top_k=config.sampling.top_k,
+                              stop_token_ids=stop_ids)
+    teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
+  prompts = load_prompts(config.data.train_path, tokenizer, augment.user_text,
+                         max_prompt_tokens=config.data.max_prompt_tokens,
+                         rejects_path=workdir / "rejects.jsonl")
+  if prompts.rejects:
+    print(f"data: skipped {sum(prompts.rejects.values())} rows "
+          f"({dict(sorted(prompts.rejects.items()))}); see {workdir / 'rejects.jsonl'}",
+          file=stream)
+  iterator = PromptIterator(prompts.records, config.rl.batch_prompts, seed=config.seed,
+                            shuffle=config.data.shuffle, num_epochs=config.data.num_epochs,
+                            shard_index=jax.process_index(), shard_count=jax.process_count())
+  eval_records = []
+  if config.data.eval_path:
+    eval_records = load_prompts(config.data.eval_path, tokenizer, augment.user_text,
+                                max_prompt_tokens=config.data.max_prompt_tokens).records
+  grader = make_grader(config, teacher, tokenizer)
+  trainer = Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tokenizer,
+                    prompts=iterator, grader=grader, stop_ids=stop_ids,
+                    eval_records=eval_records, stream=stream)
+  trainer.rejects = dict(prompts.rejects)
+  return trainer, grader.close
+
+
+def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
+  """The end-of-run report: buffer dynamics, reformulations, held-out accuracy."""
+  from zppo_jax.train.metrics import read_metrics
+  rows = read_metrics(workdir)
+  total = lambda key: int(sum(float(r.get(key, 0) or 0) for r in rows))  # noqa: E731
+  lines = [f"summary of {workdir} ({summary.get('method')}, {summary.get('step')} steps):",
+           f"  replay buffer: admitted {total('buffer/admitted')}, graduated "
+           f"{total('buffer/graduated')}, evicted {total('buffer/evicted')}, final size "
+           f"{rows[-1].get('buffer/size', 0) if rows else 0}"]
+  for kind in ("bcq", "ncq", "hint", "prefix"):
+    built = total(f"groups/{kind}")
+    if built:
+      lines.append(f"  {kind.upper()}: built {built}, solved (>= 1 correct rollout) "
+                   f"{total(f'solved/{kind}')}, groups with a learning signal "
+                   f"{built - int(sum(r.get(f'zero_adv/{kind}', 0) * r.get(f'groups/{kind}', 0) for r in rows))}")
+  before = summary.get("eval_before", {}).get("eval/accuracy")
+  after = summary.get("eval_after", {}).get("eval/accuracy")
+  if before is not None and after is not None:
+    lines.append(f"  held-out accuracy: {before:.3f} before -> {after:.3f} after")
+  print("\n".join(lines), file=stream)
+
+
+def main(argv: list[str]) -> int:
+  """`zppo train`."""
+  config, flags = parse_args(argv)
+  workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
+  workdir.mkdir(parents=True, exist_ok=True)
+  stream = sys.stderr
+  if config.demo.enabled:
+    from zppo_jax.train import demo
+    demo.prepare(config, stream=stream)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  trainer, close = build_trainer(config, workdir, stream)
+  try:
+    summary = trainer.train()
+  finally:
+    close()
+  if summary.get("preempted"):
+    return 0
+  print_summary(summary, workdir, stream)
+  from zppo_jax.train.plots import write_plots
+  for path in write_plots(workdir):
+    print(f"plot: {path}", file=stream)
+  return 0
