@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -234,6 +235,15 @@ def _eight_device_check(path):
     ids = jax.device_put(ids, jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None)))
     sharded = np.asarray(_logits(model, ids))
   np.testing.assert_allclose(sharded, single, atol=1e-5, rtol=0)
+  # Saving gathers the sharded parameters back to exactly the loaded values.
+  with tempfile.TemporaryDirectory() as out:
+    qwen3_5.save_pretrained(model, out, max_shard_bytes=30_000)
+    with safe_open(os.path.join(path, checkpoint.SINGLE_FILE), "np") as f:
+      original = {k: f.get_tensor(k) for k in f.keys()}
+    again = checkpoint._Reader(out)
+    assert sorted(again.keys()) == sorted(original)
+    for key, value in original.items():
+      np.testing.assert_array_equal(again.get(key), value, err_msg=key)
   sample = qwen3_5.load_pretrained(path, mesh=mesh, rules=parallel.SAMPLE_RULES)
   assert sample.layers[0].mlp.gate_proj.kernel[...].sharding.spec == P(None, None, "tensor")
   print("EIGHT DEVICE CHECKS OK")

@@ -217,7 +217,8 @@ def test_unreachable_judge_and_no_judge_are_wrong(pool):
     (EvalItem("n", "q", "2.5", Mode.NUMERIC), "\\boxed{x+1}", (0.0, "no_judge", "x+1")),
     (EvalItem("n", "q", "0.33", Mode.NUMERIC, meta={"precision": 2}), "\\boxed{\\frac{1}{3}}",
      (1.0, "parser:numeric", "\\frac{1}{3}")),
-    (EvalItem("e", "q", "Yes", Mode.EXACT), "\\boxed{\\text{yes}}", (1.0, "parser:exact", "\\text{yes}")),
+    (EvalItem("e", "q", "Yes", Mode.EXACT), "\\boxed{\\text{yes}}",
+     (1.0, "parser:exact", "\\text{yes}")),
     (EvalItem("c", "q", "B", Mode.CHOICE, choices=("x", "y")), "no box", (0.0, "no_judge", None)),
     (EvalItem("m", "q", "\\frac{1}{2}", Mode.MATH), "\\boxed{0.5}", (1.0, "parser:math", "0.5")),
     (EvalItem("m", "q", "\\frac{1}{2}", Mode.MATH), "\\boxed{0.6}", (0.0, "parser:math", "0.6")),
@@ -267,6 +268,29 @@ def test_resume_skips_finished_samples(tmp_path, data_dir, recorded, pool):
   third = _CountingGenerator(recorded[0])
   assert runner.run_benchmark(bench, data_dir, tmp_path, third, scorer, decoding)["generated"] == 0
   assert third.prompts == []
+
+
+class _FailingGenerator(runner.RecordedGenerator):
+  """Bad input for one prompt (as an unreadable image would be): a `ValueError` naming it."""
+
+  def generate(self, prompts):
+    for p in prompts:
+      if p.uid.endswith(self.bad):
+        raise ValueError(f"{p.uid}: cannot read its image")
+    return super().generate(prompts)
+
+
+def test_a_prompt_that_cannot_be_generated_is_an_error_verdict(tmp_path, data_dir, recorded,
+                                                               pool):
+  uids = _uids("mmlu", data_dir)
+  generator = _FailingGenerator(recorded[0])
+  generator.bad = uids[1].split("/")[1]
+  runner.run_benchmark(benchmarks.BENCHMARKS["mmlu"], data_dir, tmp_path, generator,
+                       Scorer(pool=pool), runner.DecodingConfig(batch_size=3))
+  verdicts = runner.read_verdicts(tmp_path / "samples/mmlu.jsonl")
+  assert [v.path for v in verdicts.values()] == ["parser:choice", "error", "no_judge"]
+  assert verdicts[generator.bad].error == f"{uids[1]}: cannot read its image"
+  assert verdicts[generator.bad].score == 0.0
 
 
 def test_restart_with_other_settings_is_refused(tmp_path, data_dir, recorded, pool):

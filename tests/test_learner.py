@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from flax import nnx
 
 from zppo_jax.data import packing
@@ -43,93 +42,91 @@ def tiny_model(seed=0):
   return Qwen3_5ForCausalLM(config_lib.tiny(), rngs=nnx.Rngs(seed))
 
 
+MICRO_CFG = dict(num_updates=2, micro_batch_rows=2, learning_rate=1e-3)
+
+
 @pytest.fixture(scope="module")
 def packed():
   return make_batch()
 
 
 @pytest.fixture(scope="module")
-def learners():
-  cfg = learner_lib.LearnerConfig(num_updates=2, learning_rate=1e-3)
-  whole = learner_lib.Learner(tiny_model(), cfg)
-  micro = learner_lib.Learner(tiny_model(), learner_lib.LearnerConfig(
-      num_updates=2, micro_batch_rows=2, learning_rate=1e-3))
-  return whole, micro
-
-
-def test_packed_logprobs_equal_unpacked(learners, packed):
-  batch, prompts, responses = packed
-  got = packing.unpack(np.asarray(learners[0].logprobs(batch.arrays())), batch.placements)
-  # Unpacked: one sequence per row, right-padded, no segment ids, default positions.
-  n = len(prompts)
-  ids = np.zeros((n, ROW_LEN), np.int32)
-  mask = np.zeros((n, ROW_LEN), np.int32)
-  for i, (p, r) in enumerate(zip(prompts, responses)):
-    ids[i, :len(p) + len(r)] = p + r
-    mask[i, :len(p) + len(r)] = 1
-  model = tiny_model()
+def hidden_fn():
+  """One jitted forward shared by every reference computation (all tiny models share a graphdef)."""
+  graphdef = nnx.graphdef(tiny_model())
 
   @jax.jit
-  def unpacked(ids, mask):
-    hidden, _ = model.forward(input_ids=ids, attention_mask=mask)
-    return logprobs_lib.full_logprobs(hidden, model.lm_head_kernel(), jnp.roll(ids, -1, axis=1))[0]
+  def hidden(state, tokens, positions, segment_ids):
+    return nnx.merge(graphdef, state).forward(input_ids=tokens, positions=positions,
+                                              segment_ids=segment_ids)[0]
 
-  lp = np.asarray(unpacked(ids, mask))
+  return lambda model, b: hidden(nnx.state(model), b["tokens"], b["positions"], b["segment_ids"])
+
+
+@pytest.fixture(scope="module")
+def trained(packed):
+  """A learner after one rollout step (I = 2 updates, 2 micro-batches each) and what it saw."""
+  batch = packed[0].arrays()
+  lrn = learner_lib.Learner(tiny_model(), learner_lib.LearnerConfig(**MICRO_CFG))
+  before = np.asarray(lrn.logprobs(batch))
+  metrics = lrn.train_step(batch)
+  return dict(learner=lrn, before=before, after=np.asarray(lrn.logprobs(batch)), metrics=metrics,
+              params=[np.asarray(x) for x in jax.tree.leaves(lrn.state.params)])
+
+
+def test_packed_logprobs_equal_unpacked(trained, packed, hidden_fn):
+  batch, prompts, responses = packed
+  got = packing.unpack(trained["before"], batch.placements)
+  # Unpacked: one sequence per row starting at column 0, followed by padding.
+  n = len(prompts)
+  rows = dict(tokens=np.zeros((n, ROW_LEN), np.int32), segment_ids=np.zeros((n, ROW_LEN), np.int32),
+              positions=np.broadcast_to(np.arange(ROW_LEN, dtype=np.int32), (3, n, ROW_LEN)))
+  for i, (p, r) in enumerate(zip(prompts, responses)):
+    rows["tokens"][i, :len(p) + len(r)] = p + r
+    rows["segment_ids"][i, :len(p) + len(r)] = 1
+  model = tiny_model()
+  lp, _ = logprobs_lib.full_logprobs(hidden_fn(model, rows), model.lm_head_kernel(),
+                                     np.roll(rows["tokens"], -1, axis=1))
   for i, (p, r) in enumerate(zip(prompts, responses)):
     np.testing.assert_allclose(got[i], lp[i, len(p) - 1:len(p) + len(r) - 1], atol=1e-4,
                                rtol=1e-4)
 
 
-def test_micro_batch_accumulation_matches_whole_batch_and_updates_move_logprobs(learners, packed):
-  whole, micro = learners
-  batch = packed[0].arrays()
-  before = np.asarray(whole.logprobs(batch))
-  m_whole = whole.train_step(batch)
-  m_micro = micro.train_step(batch)
-  assert len(m_whole) == 2
+def test_updates_are_on_policy_first_and_move_logprobs_with_the_advantage(trained, packed):
+  batch, m = packed[0].arrays(), trained["metrics"]
+  assert len(m) == 2 and [x["skipped"] for x in m] == [0.0, 0.0]
   # Old log-probs come from the parameters before the first update: it is exactly on-policy.
-  np.testing.assert_allclose(m_whole[0]["ratio_mean"], 1.0, atol=1e-6)
-  assert m_whole[1]["ratio_mean"] != 1.0
-  for a, b in zip(m_whole, m_micro):
-    np.testing.assert_allclose(a["loss"], b["loss"], atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], atol=1e-5, rtol=1e-4)
-  for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(micro.state.params)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-  assert int(whole.state.step) == 2 and int(whole.state.skipped) == 0
-  after = np.asarray(whole.logprobs(batch))
-  delta = (after - before)[batch["loss_mask"] > 0]
+  np.testing.assert_allclose(m[0]["ratio_mean"], 1.0, atol=1e-6)
+  assert m[0]["clip_low_frac"] == m[0]["clip_high_frac"] == 0.0
+  assert m[1]["ratio_mean"] != 1.0
+  delta = (trained["after"] - trained["before"])[batch["loss_mask"] > 0]
   adv = batch["advantages"][batch["loss_mask"] > 0]
   assert delta[adv > 0].mean() > 0 > delta[adv < 0].mean()
 
 
-def test_non_finite_step_is_skipped(learners, packed):
-  whole = learners[0]
+def test_non_finite_step_is_skipped(trained, packed):
+  lrn = trained["learner"]
   batch = dict(packed[0].arrays())
   batch["advantages"] = np.where(batch["loss_mask"] > 0, np.nan, 0.0).astype(np.float32)
-  params = jax.tree.map(np.asarray, whole.state.params)
-  opt = jax.tree.map(np.asarray, whole.state.opt_state)
-  step, skipped = int(whole.state.step), int(whole.state.skipped)
-  metrics = whole.train_step(batch)
+  params = jax.tree.map(np.asarray, lrn.state.params)
+  opt = jax.tree.map(np.asarray, lrn.state.opt_state)
+  step, skipped = int(lrn.state.step), int(lrn.state.skipped)
+  metrics = lrn.train_step(batch)
   assert [m["skipped"] for m in metrics] == [1.0, 1.0]
-  assert int(whole.state.skipped) == skipped + 2 and int(whole.state.step) == step
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(whole.state.params)):
+  assert int(lrn.state.skipped) == skipped + 2 and int(lrn.state.step) == step
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lrn.state.params)):
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(whole.state.opt_state)):
+  for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(lrn.state.opt_state)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_distill_step_loss_is_full_vocabulary_jsd_and_decreases(packed):
+def test_distill_step_loss_is_full_vocabulary_jsd_and_decreases(packed, hidden_fn):
   batch = dict(packed[0].arrays())
-  teacher = tiny_model(seed=7)
-  t_hidden, _ = jax.jit(lambda b: teacher.forward(input_ids=b["tokens"], positions=b["positions"],
-                                                  segment_ids=b["segment_ids"]))(batch)
+  teacher, student = tiny_model(seed=7), tiny_model()
+  t_hidden = hidden_fn(teacher, batch)
   batch["teacher_hidden"] = np.asarray(t_hidden)
-  student = tiny_model()
-  mask = jnp.asarray(batch["loss_mask"])
-  s_hidden, _ = student.forward(input_ids=jnp.asarray(batch["tokens"]),
-                                positions=jnp.asarray(batch["positions"]),
-                                segment_ids=jnp.asarray(batch["segment_ids"]))
-  want = losses.jsd_loss(student.logits(s_hidden), teacher.logits(t_hidden), mask)
+  want = losses.jsd_loss(student.logits(hidden_fn(student, batch)), teacher.logits(t_hidden),
+                         jnp.asarray(batch["loss_mask"]))
   lrn = learner_lib.Learner(student, learner_lib.LearnerConfig(learning_rate=1e-3))
   first = lrn.distill_step(batch, teacher.lm_head_kernel())
   np.testing.assert_allclose(first["loss"], want, atol=1e-5, rtol=1e-5)
@@ -139,6 +136,8 @@ def test_distill_step_loss_is_full_vocabulary_jsd_and_decreases(packed):
 
 @pytest.mark.parametrize("wd,clip", [(0.1, 1.0), (0.0, None)])
 def test_adamw_matches_torch(wd, clip):
+  import torch  # noqa: PLC0415 (keeps the sharded subprocess, which imports this file, light)
+
   rng = np.random.default_rng(0)
   p0 = rng.normal(size=(5, 3)).astype(np.float32)
   grads = [rng.normal(size=(5, 3)).astype(np.float32) * 3 for _ in range(3)]
@@ -175,33 +174,42 @@ import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_compilation_cache_dir", {cache!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 from zppo_jax import parallel
 from zppo_jax.train import learner as learner_lib
 import test_learner as t
 
 assert len(jax.devices()) == 8, jax.devices()
 batch = t.make_batch()[0].arrays()
-cfg = learner_lib.LearnerConfig(num_updates=2, micro_batch_rows=2, learning_rate=1e-3)
-single = learner_lib.Learner(t.tiny_model(), cfg, mesh=parallel.make_mesh(
-    1, 1, 1, devices=jax.devices()[:1]))
-mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-sharded = learner_lib.Learner(t.tiny_model(), cfg, mesh=mesh)
-kernel = sharded.state.params["layers"][0]["mlp"]["gate_proj"]["kernel"]
-assert len(kernel.get_value().sharding.device_set) == 8, kernel.get_value().sharding
-m1, m8 = single.train_step(batch), sharded.train_step(batch)
-for a, b in zip(m1, m8):
-  np.testing.assert_allclose(a["loss"], b["loss"], atol=1e-5, rtol=1e-5)
-for a, b in zip(jax.tree.leaves(single.state.params), jax.tree.leaves(sharded.state.params)):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
-print("OK", m8[0]["loss"], m8[1]["loss"])
+# No micro-batching here (the unsharded reference accumulates over 2), so the comparison also
+# checks that gradient accumulation is exact.
+cfg = learner_lib.LearnerConfig(**dict(t.MICRO_CFG, micro_batch_rows=None))
+lrn = learner_lib.Learner(t.tiny_model(), cfg, mesh=parallel.make_mesh(data=2, fsdp=2, tensor=2))
+kernel = lrn.state.params["layers"][0]["mlp"]["gate_proj"]["kernel"].get_value()
+assert len(kernel.sharding.device_set) == 8, kernel.sharding
+mu = [x for x in jax.tree.leaves(lrn.state.opt_state) if x.shape == kernel.shape][0]
+assert mu.sharding == kernel.sharding, (mu.sharding, kernel.sharding)
+metrics = lrn.train_step(batch)
+leaves = [np.asarray(x) for x in jax.tree.leaves(lrn.state.params)]
+np.savez({out!r}, *leaves, losses=[m["loss"] for m in metrics])
+print("OK")
 """
 
 
-def test_sharded_step_on_8_cpu_devices_equals_single_device():
+def test_sharded_step_on_8_cpu_devices_equals_single_device(trained, tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
-  script = _SHARDED_SCRIPT.format(tests=str(root / "tests"))
+  out_file = str(tmp_path / "sharded.npz")
+  script = _SHARDED_SCRIPT.format(tests=str(root / "tests"), out=out_file,
+                                  cache=str(root / ".jax_cache"))
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=900)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+  got = np.load(out_file)
+  np.testing.assert_allclose(got["losses"], [m["loss"] for m in trained["metrics"]], atol=1e-5,
+                             rtol=1e-5)
+  assert len(got.files) == len(trained["params"]) + 1
+  for i, want in enumerate(trained["params"]):
+    np.testing.assert_allclose(got[f"arr_{i}"], want, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """ModelConfig: HF round trips, strict field checking, validation and the presets."""
 import json
 
+import jax.numpy as jnp
 import pytest
 import transformers
 
@@ -22,6 +23,8 @@ def test_transformers_defaults_are_read():
   cfg = ModelConfig.from_hf(transformers.Qwen3_5TextConfig().to_dict())
   assert cfg.hidden_size == 4096 and cfg.rope_theta == 10_000.0
   assert cfg.layer_types[:4] == ("linear_attention",) * 3 + ("full_attention",)
+  # Every key of the multimodal config's full dict is handled or explicitly ignored too.
+  assert ModelConfig.from_hf(transformers.Qwen3_5Config().to_dict()) == cfg
 
 
 def test_nested_multimodal_config_and_top_level_tie(tmp_path):
@@ -132,3 +135,11 @@ def test_presets_match_published_table():
             c.num_key_value_heads, c.linear_num_value_heads, c.tie_word_embeddings) == row
     assert (c.vocab_size, c.head_dim, c.linear_num_key_heads, c.rope_theta, c.eos_token_id) == (
         248320, 256, 16, 1e7, 248044)
+
+
+def test_dtypes_are_normalised():
+  assert config_lib.tiny(dtype="bfloat16") == config_lib.tiny(dtype=jnp.bfloat16)
+  assert hash(config_lib.tiny(param_dtype="float32")) == hash(config_lib.tiny())
+  assert config_lib.tiny(dtype=jnp.bfloat16).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="not a dtype"):
+    config_lib.tiny(dtype="float-ish")

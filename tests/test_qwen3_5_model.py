@@ -64,7 +64,8 @@ def test_logits_match_transformers(pair):
   got = logits_fn(ours, jnp.asarray(ids), jnp.ones((B, T), jnp.int32))
   assert got.shape == (B, T, cfg.vocab_size) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, _torch_logits(theirs, ids), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(ours(jnp.asarray(ids)), got, atol=1e-5, rtol=0)
+  default_mask = nnx.jit(lambda model, ids: model(ids))(ours, jnp.asarray(ids))
+  np.testing.assert_allclose(default_mask, got, atol=1e-5, rtol=0)
 
 
 def test_scanned_equals_unrolled(untied):
@@ -72,16 +73,17 @@ def test_scanned_equals_unrolled(untied):
   unrolled = Qwen3_5ForCausalLM(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))
   nnx.update(unrolled, nnx.state(ours))
   ids = jnp.asarray(_ids(cfg, (B, T)))
-  np.testing.assert_allclose(unrolled(ids), logits_fn(ours, ids, jnp.ones((B, T), jnp.int32)),
+  np.testing.assert_allclose(logits_fn(unrolled, ids, jnp.ones((B, T), jnp.int32)), logits_fn(ours, ids, jnp.ones((B, T), jnp.int32)),
                              atol=1e-5, rtol=0)
 
 
 def _padded(ids, lengths, left):
-  """Rows of ``ids`` cut to ``lengths`` and padded with junk to T on the left or the right."""
+  """Rows of ``ids`` cut to ``lengths`` and padded with junk on the left or the right."""
   out = np.full(ids.shape, 3, np.int32)
   mask = np.zeros(ids.shape, np.int32)
+  width = ids.shape[1]
   for row, n in enumerate(lengths):
-    sl = slice(T - n, T) if left else slice(0, n)
+    sl = slice(width - n, width) if left else slice(0, n)
     out[row, sl] = ids[row, :n]
     mask[row, sl] = 1
   return out, mask
@@ -106,10 +108,7 @@ def test_prefill_then_decode_equals_full_forward(untied, left):
   full = np.asarray(logits_fn(ours, jnp.asarray(ids), jnp.ones((B, T), jnp.int32)))
   prompt = 7
   lengths = (prompt - 2, prompt)           # row 0 has a shorter prompt, padded
-  padded, mask = _padded(ids[:, :prompt], lengths, left) if left else (None, None)
-  if not left:
-    padded, mask = _padded(np.pad(ids[:, :prompt], ((0, 0), (0, T - prompt))), lengths, False)
-    padded, mask = padded[:, :prompt], mask[:, :prompt]
+  padded, mask = _padded(ids[:, :prompt], lengths, left)
   cache = init_cache(cfg, B, 16)
   hidden, cache = forward_fn(ours, jnp.asarray(padded), jnp.asarray(mask), cache)
   prefill = np.asarray(ours.logits(hidden))
@@ -148,16 +147,17 @@ def test_packed_segments_equal_separate_sequences(untied):
   for row in range(B):
     for seg in set(segments[row]) - {0}:
       where = segments[row] == seg
-      alone = np.asarray(ours(jnp.asarray(ids[row:row + 1, where])))[0]
+      alone = np.asarray(logits_fn(ours, jnp.asarray(ids[row:row + 1, where]), None))[0]
       np.testing.assert_allclose(got[row, where], alone, atol=1e-4, rtol=0)
 
 
 def test_inputs_embeds_and_explicit_positions(untied):
   cfg, _, ours = untied
   ids = jnp.asarray(_ids(cfg, (B, T), seed=8))
-  want, _ = ours.forward(input_ids=ids)
+  want = logits_fn(ours, ids, None)
   positions = jnp.broadcast_to(jnp.arange(T), (3, B, T))
-  got, _ = ours.forward(inputs_embeds=ours.embed(ids), positions=positions)
+  got = nnx.jit(lambda model, embeds, pos: model.logits(model.forward(
+      inputs_embeds=embeds, positions=pos)[0]))(ours, ours.embed(ids), positions)
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
   with pytest.raises(ValueError, match="exactly one"):
     ours.forward(input_ids=ids, inputs_embeds=ours.embed(ids))

@@ -69,6 +69,7 @@ def test_strip_degree_percent(text, expected):
 
 
 @pytest.mark.parametrize("answer, gold", [
+    ("30.0°", "30"), ("60°", "60.0"), ("1/2\\deg", "0.5"),  # Equal only as numbers once stripped.
     ("30", "30^\\circ"), ("30^\\circ", "30"), ("30°", "30"), ("30", "30°"),
     ("30\\deg", "30"), ("25\\%", "25"), ("25", "25%"), ("25%", "25\\%"),
 ])
@@ -89,6 +90,7 @@ def test_degree_retry_is_needed(monkeypatch):
   assert grade_answer("30°", "30") == 0.0
   assert grade_answer("30", "30°") == 0.0
   assert grade_answer("30\\deg", "30") == 0.0
+  assert grade_answer("30.0°", "30") == 0.0
 
 
 @pytest.mark.parametrize("answer", [
@@ -122,6 +124,8 @@ def test_lowercase_is_not_an_option():
 @pytest.mark.parametrize("gold, free", [
     ("Paris", True), ("the red car", True), ("x^2 + y", False), ("\\frac{\\pi}{2}", False),
     ("(1, 2]", False), ("B", False), ("\\text{cm}", False), ("\\sin x", False),
+    ("ab + bc + ca", False), ("sin x cos x", False), ("5 cm", False), ("max(a, b)", False),
+    ("red car", True), ("True", True),
 ])
 def test_is_free_form(gold, free):
   assert is_free_form(gold) is free

@@ -4,6 +4,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5Model
 
@@ -91,3 +93,43 @@ def test_bad_inputs_name_the_row():
   video = np.array([[1, START] + [VID] * 8 + [END]])
   with pytest.raises(ValueError, match="run of 8 video"):
     get_rope_index(video, None, None, [[2, 4, 4]], image_token_id=IMG, video_token_id=VID)
+
+
+@st.composite
+def _random_batch(draw):
+  """Rows of text runs, images and videos (timestamps between temporal patches), padded."""
+  rows, image_grids, video_grids = [], [], []
+  for _ in range(draw(st.integers(1, 3))):
+    row = list(draw(st.lists(st.integers(0, 99), min_size=1, max_size=4)))
+    for _ in range(draw(st.integers(0, 3))):
+      t = draw(st.integers(1, 3)) if draw(st.booleans()) else 0
+      h, w = 2 * draw(st.integers(1, 4)), 2 * draw(st.integers(1, 4))
+      if t == 0:
+        image_grids.append([1, h, w])
+        row += [START] + [IMG] * (h * w // 4) + [END]
+      else:
+        video_grids.append([t, h, w])
+        for _ in range(t):
+          row += [7, START] + [VID] * (h * w // 4) + [END]
+      row += list(draw(st.lists(st.integers(0, 99), min_size=0, max_size=3)))
+    rows.append(row)
+  length = max(map(len, rows)) + draw(st.integers(0, 2))
+  ids = np.full((len(rows), length), PAD)
+  mask = np.zeros_like(ids)
+  for r, row in enumerate(rows):
+    left = draw(st.booleans())
+    span = slice(length - len(row), length) if left else slice(0, len(row))
+    ids[r, span], mask[r, span] = row, 1
+  return (ids, mask, np.array(image_grids).reshape(-1, 3) if image_grids else None,
+          np.array(video_grids).reshape(-1, 3) if video_grids else None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_random_batch())
+def test_random_batches_match_reference(batch):
+  ids, mask, image_grids, video_grids = batch
+  types_ = derive_mm_token_type_ids(ids, IMG, VID)
+  ref_pos, ref_deltas = _reference(ids, types_, image_grids, video_grids, mask)
+  pos, next_position = get_rope_index(ids, types_, image_grids, video_grids, mask)
+  np.testing.assert_array_equal(pos, ref_pos)
+  np.testing.assert_array_equal(next_position - mask.sum(1), ref_deltas)

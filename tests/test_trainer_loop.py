@@ -124,7 +124,8 @@ def test_every_method_runs_and_logs(assets, tmp_path, method):
 
 
 def test_zppo_turns_all_fail_questions_into_learning_signal(assets, tmp_path):
-  trainer = make_trainer(assets, tmp_path, "zppo", steps=3)
+  trainer = make_trainer(assets, tmp_path, "zppo", steps=3,
+                         overrides=["--config.rl.batch_prompts=16"])
   trainer.train()
   rows = read_metrics(tmp_path)
   # Some plain groups fail completely, yet BCQ/NCQ groups of hard questions carry signal.

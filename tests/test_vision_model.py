@@ -4,6 +4,8 @@ import json
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from flax import nnx
 from transformers import Qwen3_5Config, Qwen3_5VisionConfig
@@ -99,8 +101,8 @@ def test_attention_block_and_merger(pair, batch):
     ref_merged = hf.merger(xt)
   cos, sin = V.rotary_cos_sin(inputs.positions, cfg)
   block = _block(ours, 1)
-  _close(block.attn(x, cos, sin, inputs.segment_ids), ref_attn, 1e-5)
-  _close(block(x, cos, sin, inputs.segment_ids), ref_block, 1e-4)
+  _close(block.attn(x, cos, sin, inputs), ref_attn, 1e-5)
+  _close(block(x, cos, sin, inputs), ref_block, 1e-4)
   _close(ours.merger(x), ref_merged, 1e-5)
 
 
@@ -121,6 +123,19 @@ def test_whole_model_parity(pair, batch):
   unrolled = V.VisionModel(vision_tiny(scan_layers=False), rngs=nnx.Rngs(2))
   V.load_vision_params(unrolled, V.vision_state_dict(ours))
   _close(unrolled(pixels, GRIDS), ref, 1e-4)
+
+
+@pytest.mark.parametrize("chunk", [8, 7])
+def test_chunked_attention_equals_reference(pair, batch, chunk):
+  cfg, hf, ours = pair
+  pixels, _ = batch
+  n = pixels.shape[0]
+  inputs = V.vision_inputs(GRIDS, cfg, pad_to=n + 4, attention_chunk=chunk)
+  assert inputs.key_start.shape == (-(-(n + 4) // chunk),) and inputs.attention_span < n + 4
+  with torch.no_grad():
+    ref = hf(torch.from_numpy(pixels), grid_thw=torch.tensor(GRIDS)).pooler_output
+  padded = np.concatenate([pixels, np.zeros((4, cfg.patch_dim), np.float32)])
+  _close(ours(padded, inputs=inputs)[: n // 4], ref, 1e-4)
 
 
 def test_attention_stays_inside_each_frame(pair, batch):
@@ -186,3 +201,31 @@ def test_parameters_carry_logical_axes():
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   shardings = parallel.state_shardings(nnx.state(abstract, nnx.Param), mesh, parallel.TRAIN_RULES)
   assert len(jax.tree.leaves(shardings)) == 21
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)),
+                min_size=1, max_size=4),
+       st.sampled_from([64, 2304]))
+def test_metadata_equals_reference_for_random_grids(grids, table_size):
+  cfg = vision_tiny(num_position_embeddings=table_size)
+  grid = torch.tensor([[t, 2 * h, 2 * w] for t, h, w in grids])
+  inputs = V.vision_inputs(grid.numpy(), cfg)
+  np.testing.assert_array_equal(inputs.positions, get_vision_position_ids(grid, 2).numpy())
+  index, weight = get_vision_interpolation_indices_and_weights(
+      grid, num_grid_per_side=cfg.grid_side, mode="bilinear", align_corners=True,
+      spatial_merge_size=2)
+  np.testing.assert_array_equal(inputs.interp_index, index.numpy())
+  np.testing.assert_allclose(inputs.interp_weight, weight.numpy(), rtol=0, atol=1e-7)
+  boundaries = np.flatnonzero(np.diff(inputs.segment_ids)) + 1
+  np.testing.assert_array_equal(boundaries, get_vision_cu_seqlens(grid).numpy()[1:-1])
+
+
+def test_bfloat16_tower_runs(pair, batch):
+  cfg, _, ours = pair
+  pixels, _ = batch
+  low = V.VisionModel(vision_tiny(dtype=jax.numpy.bfloat16, param_dtype=jax.numpy.bfloat16),
+                      rngs=nnx.Rngs(3))
+  V.load_vision_params(low, V.vision_state_dict(ours))
+  out = low(pixels, GRIDS)
+  assert out.dtype == jax.numpy.bfloat16 and bool(jax.numpy.isfinite(out).all())

@@ -44,7 +44,7 @@ def _text(rng, n):
   return list(rng.integers(1, 100, size=n))
 
 
-def _inputs(seed):
+def _inputs(seed, left_pad_both=False):
   """Row 0: two images of different sizes (right-padded); row 1: a small image and a 2-patch
   video with a timestamp between its patches (left-padded)."""
   rng = np.random.default_rng(seed)
@@ -55,7 +55,10 @@ def _inputs(seed):
   length = max(len(row0), len(row1)) + 2
   ids = np.full((2, length), PAD, np.int64)
   mask = np.zeros((2, length), np.int64)
-  ids[0, :len(row0)], mask[0, :len(row0)] = row0, 1
+  if left_pad_both:
+    ids[0, -len(row0):], mask[0, -len(row0):] = row0, 1
+  else:
+    ids[0, :len(row0)], mask[0, :len(row0)] = row0, 1
   ids[1, -len(row1):], mask[1, -len(row1):] = row1, 1
   patch = lambda grids: rng.uniform(-1, 1, (int(grids.prod(1).sum()), VISION.patch_dim))
   return dict(input_ids=ids, attention_mask=mask,
@@ -142,3 +145,32 @@ def test_decoding_continues_from_the_multimodal_position(models):
   decode = nnx.jit(lambda m, i, c: m.logits(m.forward(input_ids=i, cache=c)[0]))
   logits = decode(lm, np.array([[7], [9]], np.int32), cache)
   np.testing.assert_allclose(np.asarray(logits)[:, -1], expected, rtol=0, atol=1e-4)
+
+
+def test_greedy_decoding_equals_transformers_generate(models):
+  hf, ours, _ = models
+  steps = 4
+  inputs = _inputs(2, left_pad_both=True)
+  types = np.isin(inputs["input_ids"], [IMG]) * 1 + np.isin(inputs["input_ids"], [VID]) * 2
+  with torch.no_grad():
+    ref = hf.generate(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()},
+                      mm_token_type_ids=torch.from_numpy(types), max_new_tokens=steps,
+                      do_sample=False, pad_token_id=PAD)[:, inputs["input_ids"].shape[1]:].numpy()
+  from zppo_jax.models.qwen3_5.cache import init_cache
+  lm = ours.language_model
+  embeds, positions, _ = ours.prepare_inputs(**inputs)
+  cache = init_cache(lm.cfg, batch=2, max_len=inputs["input_ids"].shape[1] + steps)
+  step = nnx.jit(lambda m, e, p, a, c: _last_logits(m, m.forward(
+      inputs_embeds=e, positions=p, attention_mask=a, cache=c)))
+  logits, cache = step(lm, embeds, positions, inputs["attention_mask"], cache)
+  tokens = []
+  for _ in range(steps):
+    token = np.asarray(logits).argmax(-1).astype(np.int32)[:, None]
+    tokens.append(token)
+    logits, cache = step(lm, lm.embed(token), None, None, cache)
+  np.testing.assert_array_equal(np.concatenate(tokens, axis=1), ref)
+
+
+def _last_logits(model, out):
+  hidden, cache = out
+  return model.logits(hidden[:, -1:])[:, 0], cache

@@ -11,6 +11,8 @@ import types
 import numpy as np
 import PIL.Image
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
@@ -151,3 +153,36 @@ def test_bad_inputs_name_the_sample():
     DV.preprocess_videos([np.zeros((1, 64, 64, 3), np.uint8)], [2.0], sample="s6")
   with pytest.raises(DV.VisionInputError, match="sample s8 image 0: cannot decode"):
     DV.preprocess_images(["/nonexistent/image.png"], CFG, sample="s8")
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(32, 300), st.integers(32, 300), st.integers(0, 2**31))
+def test_random_image_sizes_equal_reference_processor(height, width, seed):
+  image = PIL.Image.fromarray(
+      np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+  ref = _reference_processor(CFG)([image], return_tensors="np")
+  ours = DV.preprocess_images([image], CFG)
+  np.testing.assert_array_equal(ours["image_grid_thw"], ref["image_grid_thw"])
+  np.testing.assert_allclose(ours["pixel_values"], ref["pixel_values"], rtol=0, atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 40))
+def test_random_sizes_resize_like_reference(height, width, frames):
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+  paper = DV.VisionProcessorConfig()
+  try:
+    expected = smart_resize(height, width, 32, paper.min_pixels, paper.max_pixels)
+  except ValueError:
+    with pytest.raises(ValueError):
+      DV.smart_resize(height, width, 32, paper.min_pixels, paper.max_pixels)
+  else:
+    assert DV.smart_resize(height, width, 32, paper.min_pixels, paper.max_pixels) == expected
+  args = (frames, height, width, 2, 32, paper.video_min_pixels, paper.video_max_pixels)
+  try:
+    expected = video_smart_resize(*args)
+  except ValueError:
+    with pytest.raises(ValueError):
+      DV.smart_resize_video(*args)
+  else:
+    assert DV.smart_resize_video(*args) == expected

@@ -99,8 +99,8 @@ class SamplerGenerator:
   """
 
   def __init__(self, model, tokenizer, decoding: DecodingConfig = DecodingConfig(), mesh=None):
-    self.multimodal = model if isinstance(model, multimodal.Qwen3_5ForConditionalGeneration) \
-        else None
+    is_multimodal = isinstance(model, multimodal.Qwen3_5ForConditionalGeneration)
+    self.multimodal = model if is_multimodal else None
     text_model = model.language_model if self.multimodal is not None else model
     self.tokenizer = tokenizer
     self.decoding = decoding
@@ -153,8 +153,8 @@ class SamplerGenerator:
                        "weights; this model is text-only")
     return self._ids(self._chat_text(prompt), prompt.uid)
 
-  def embed(self, prompt: EvalPrompt) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings float[L, D] and mRoPE positions int[3, L] of a prompt with its media."""
+  def encode_multimodal(self, prompt: EvalPrompt) -> tuple[list[int], dict]:
+    """Token ids (placeholders expanded) and the preprocessed media of a prompt."""
     media = {}
     if prompt.images:
       media.update(vision_data.preprocess_images([m.data or m.path for m in prompt.images],
@@ -167,9 +167,14 @@ class SamplerGenerator:
     text = vision_data.expand_vision_placeholders(
         self._chat_text(prompt, slots), media.get("image_grid_thw"), media.get("video_grid_thw"),
         media.get("video_timestamps"), merge_size=self.processor.merge_size, sample=prompt.uid)
-    ids = np.asarray([self._ids(text, prompt.uid)], np.int32)
+    return self._ids(text, prompt.uid), media
+
+  def embed(self, prompt: EvalPrompt) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings float[L, D] and mRoPE positions int[3, L] of a prompt with its media."""
+    ids, media = self.encode_multimodal(prompt)
     embeds, positions, _ = self.multimodal.prepare_inputs(
-        ids, pixel_values=media.get("pixel_values"), image_grid_thw=media.get("image_grid_thw"),
+        np.asarray([ids], np.int32), pixel_values=media.get("pixel_values"),
+        image_grid_thw=media.get("image_grid_thw"),
         pixel_values_videos=media.get("pixel_values_videos"),
         video_grid_thw=media.get("video_grid_thw"))
     return np.asarray(embeds[0]), np.asarray(positions[:, 0])

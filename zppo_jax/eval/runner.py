@@ -37,7 +37,8 @@ class DecodingConfig:
     min_pixels, max_pixels: image pixel budget (256·32·32 to 1280·32·32, as in training).
     video_fps, video_max_frames: frame sampling of videos.
     batch_size: prompts per `Generator.generate` call (and per flush of results).
-    seed: sampling seed; batch ``i`` of a benchmark uses ``seed + i``.
+    seed: sampling seed; a generator's ``i``-th call samples with ``seed + i`` (a resumed run
+      draws other samples than an uninterrupted one would; the expected score is the same).
   """
   temperature: float = 0.6
   top_p: float = 0.95
@@ -183,7 +184,7 @@ def run_benchmark(bench: Benchmark, data_dir: os.PathLike, out_dir: os.PathLike,
 
   Args:
     bench: the benchmark.
-    data_dir: holds ``<bench.name>/``.
+    data_dir: holds ``<bench.data_name>/``.
     out_dir: the run directory.
     generator: produces responses.
     scorer: scores them.

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from zppo_jax.eval import metrics
 from zppo_jax.eval.items import EvalItem, EvalPrompt, Mode, Verdict, format_choices
-from zppo_jax.rewards import (GradeItem, GradingPool, Judge, JudgeItem, extract_answer, judge_prompt,
-                              needs_judge, parse_verdict, strip_think)
+from zppo_jax.rewards import (GradeItem, GradingPool, Judge, JudgeItem, extract_answer,
+                              judge_prompt, needs_judge, parse_verdict, strip_think)
 
 
 class GeneratorJudge:

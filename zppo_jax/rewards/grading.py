@@ -96,16 +96,23 @@ def _choices_map(choices: Choices) -> dict[str, str]:
   return {chr(ord("A") + i): str(v) for i, v in enumerate(choices)}
 
 
+# Letter runs that are math, not prose, when written without a backslash.
+_MATH_WORDS = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp sqrt lim max min "
+    "gcd lcm det mod deg dim ker inf sup arg".split())
+
+
 def is_free_form(gold: str) -> bool:
   """Whether a gold answer is prose rather than math (then only a judge can grade paraphrases).
 
-  Prose means, once LaTeX commands are removed: a letter run of 4 or more (``Paris``), or two or
-  more runs of 2 or more letters (``red car``). ``x^2 + y``, ``\\frac{\\pi}{2}``, ``(1, 2]``,
-  ``sin x`` and option letters are math.
+  Prose means, once LaTeX commands and math words (``sin``, ``log``, ``max``...) are removed: a
+  letter run of 4 or more (``Paris``), or two or more runs of 3 or more letters (``red car``).
+  ``x^2 + y``, ``ab + bc + ca``, ``\\frac{\\pi}{2}``, ``(1, 2]``, ``sin x cos x``, ``5 cm`` and
+  option letters are math.
   """
   runs = re.findall(r"[A-Za-z]+", _COMMAND_RE.sub(" ", _unwrap(gold)))
-  long_runs = [r for r in runs if len(r) >= 2]
-  return any(len(r) >= 4 for r in runs) or len(long_runs) >= 2
+  runs = [r for r in runs if r.lower() not in _MATH_WORDS]
+  return any(len(r) >= 4 for r in runs) or sum(len(r) >= 3 for r in runs) >= 2
 
 
 def strip_degree_percent(text: str) -> str:
@@ -230,7 +237,7 @@ def grade_answer(answer: str | None, gold: str, choices: Choices = None,
     if (answer_bare, gold_bare) != (answer, gold) and answer_bare and gold_bare:
       if normalize_text(answer_bare) == normalize_text(gold_bare):
         return 1.0
-      return 0.0
+      return float(_math_equal(answer_bare, gold_bare, config))
     return 0.0
   except Exception:  # noqa: BLE001 - grading never raises; a failure is a 0.
     _log.debug("grading failed for %r vs %r", answer, gold, exc_info=True)

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Protocol
@@ -115,6 +116,11 @@ class OpenAICompatibleJudge:
     self.temperature = temperature
     self.stats = JudgeStats()
     self._lock = threading.Lock()
+    # A judge on this machine is reached directly, never through an HTTP(S)_PROXY of the env.
+    host = urllib.parse.urlsplit(self.url).hostname or ""
+    local = host == "localhost" or host == "::1" or host.startswith("127.")
+    handlers = [urllib.request.ProxyHandler({})] if local else []
+    self._opener = urllib.request.build_opener(*handlers)
 
   def _complete(self, prompt: str) -> str | None:
     """One chat completion; None after every attempt failed."""
@@ -132,7 +138,7 @@ class OpenAICompatibleJudge:
         self.stats.requests += 1
       try:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+        with self._opener.open(request, timeout=self.timeout_s) as reply:
           payload = json.loads(reply.read())
         return payload["choices"][0]["message"]["content"]
       except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:

@@ -6,9 +6,11 @@ outputs back into rollout specs and metrics.
 """
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from zppo_jax.data.prompts import encode_prompt
@@ -36,7 +38,7 @@ def strip_record(record: dict) -> dict:
 
 
 def make_buffer(config) -> ReplayBuffer:
-  import jax  # The partition follows the JAX processes of a multi-host run.
+  """The replay buffer, partitioned over the JAX processes of a multi-host run."""
   return ReplayBuffer(config.rl.buffer_capacity, config.rl.tau,
                       num_processes=jax.process_count(), process_index=jax.process_index())
 
@@ -130,10 +132,24 @@ def _token_truncate(tokenizer) -> Callable[[str, int], str]:
 
 
 def advantages(rewards: np.ndarray, group_ids: np.ndarray, norm: str) -> np.ndarray:
-  """A per rollout (group baseline, then the batch normalisation), as float32[N] on the host."""
-  if rewards.size == 0:
+  """A per rollout (group baseline, then the batch normalisation), as float32[N] on the host.
+
+  The arrays are padded to a power of two (padding masked out) so that a run compiles the
+  advantage computation for a handful of sizes, not for every step's rollout count.
+  """
+  n = rewards.size
+  if n == 0:
     return rewards
-  return np.asarray(compute_advantages(rewards, group_ids, norm=norm), np.float32)
+  size = 1 << (n - 1).bit_length()
+  pad = lambda x: np.concatenate([x, np.zeros(size - n, x.dtype)])  # noqa: E731
+  out = _advantages_jit(pad(rewards), pad(group_ids), pad(np.ones(n, bool)), norm)
+  return np.asarray(out, np.float32)[:n]
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _advantages_jit(rewards, group_ids, mask, norm):
+  return compute_advantages(rewards, group_ids, norm=norm, mask=mask,
+                            num_groups=rewards.shape[0])
 
 
 def diagnostics(groups: Sequence[Group], teacher: Sequence[Group]) -> dict[str, float]:

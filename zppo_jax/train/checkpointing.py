@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 import signal
 import sys
 from typing import Any
@@ -63,10 +64,20 @@ class RunCheckpointer:
             state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
         return Restored(step, out["state"], dict(out["host"]))
       except Exception as err:  # A damaged checkpoint: say so and fall back to the previous one.
+        aside = self.directory.parent / "checkpoints_corrupt" / str(step)
         print(f"checkpoint: step {step} in {self.directory} cannot be restored "
-              f"({type(err).__name__}: {str(err)[:200]}); trying the previous checkpoint",
-              file=sys.stderr)
+              f"({type(err).__name__}: {str(err)[:200]}); moved to {aside}, trying the previous "
+              "checkpoint", file=sys.stderr)
+        self._set_aside(step, aside)
     return None
+
+  def _set_aside(self, step: int, aside: pathlib.Path) -> None:
+    """Moves a damaged step out of the manager's directory, so the run can write it again."""
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    if aside.exists():
+      shutil.rmtree(aside)
+    shutil.move(str(self.directory / str(step)), str(aside))
+    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

@@ -260,7 +260,7 @@ class Learner:
 
   def _apply(self, state: TrainState, loss, grads, metrics):
     """One AdamW step, or no change at all when the loss or gradient norm is not finite."""
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -186,6 +186,11 @@ class _Reader:
   def get(self, key: str) -> np.ndarray:
     return self._file(key).get_tensor(key)
 
+  def close(self):
+    for handle in self._open.values():
+      handle.__exit__(None, None, None)
+    self._open.clear()
+
 
 def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
                     mesh: jax.sharding.Mesh | None = None,
@@ -243,8 +248,9 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
   by_path: dict[tuple, list[_Entry]] = {}
   for e in entries:
     by_path.setdefault(e.path, []).append(e)
-  if set(by_path) != {p for p, v in flat_state.items() if isinstance(v, nnx.Param)}:
-    raise AssertionError("the key table does not cover the model's parameters: "
+  if set(by_path) != set(flat_state):
+    # Every variable of the model must come from the checkpoint (no buffers, no RNG state).
+    raise AssertionError("the key table does not cover the model's variables: "
                          f"{sorted(set(flat_state) ^ set(by_path))}")
   for p, param_entries in by_path.items():
     var = flat_state[p]
@@ -265,6 +271,7 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
     del host
   if tied_head in extra:
     _check_tied_head(reader, prefix, path)
+  reader.close()
   state = nnx.from_flat_state(list(flat_state.items()))
   return nnx.merge(graphdef, state)
 

@@ -170,7 +170,8 @@ class ModelConfig:
       errors.append(f"remat={self.remat!r} not in {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):
       try:
-        jnp.dtype(getattr(self, name))
+        # Normalised to a numpy dtype so that equal configs compare (and hash) equal.
+        object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
       except TypeError:
         errors.append(f"{name}={getattr(self, name)!r} is not a dtype")
     if errors:

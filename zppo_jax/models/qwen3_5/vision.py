@@ -15,7 +15,9 @@ in patches:
 
 The grid-dependent metadata (rotary positions, interpolation taps, segment ids) is computed on the
 host with numpy by `vision_inputs`, so the encoder itself is a static-shape function of N that jits
-once per (padded) patch count.
+once per (padded) patch count. Above `attention_chunk` patches the attention runs over chunks of
+queries, each against the window of keys its frames span, so a batch of many large images costs
+memory N * (chunk + frame length) rather than N^2.
 
 Parameter tree (HF `model.visual.` names mirrored; blocks are stacked on a leading `depth` axis, so
 HF `blocks.{i}.X` is row i of our `blocks.X`):
@@ -65,11 +67,17 @@ class VisionInputs:
     interp_index: int32[N, 4] rows of the position table to blend.
     interp_weight: float32[N, 4] bilinear weights of those rows.
     segment_ids: int32[N] one id per frame (1, 2, ...); 0 marks padding patches.
+    key_start: int32[C] first key of each query chunk's window, or None for dense attention.
+    attention_chunk: Q, queries per chunk (static; 0 = dense).
+    attention_span: keys per window (static), enough for every chunk's segments.
   """
   positions: jax.Array
   interp_index: jax.Array
   interp_weight: jax.Array
   segment_ids: jax.Array
+  key_start: jax.Array | None = None
+  attention_chunk: int = flax.struct.field(pytree_node=False, default=0)
+  attention_span: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +90,26 @@ def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.
   return taps, np.maximum(np.float32(1) - distance, np.float32(0)).astype(np.float32)
 
 
-def vision_inputs(grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> VisionInputs:
+def _attention_windows(segment_ids: np.ndarray, chunk: int) -> tuple[np.ndarray, int]:
+  """Per query chunk, the start of a fixed-size key window covering all its queries' segments.
+
+  Segments are contiguous, so chunk c (queries [cQ, cQ + Q)) needs the keys from the start of its
+  first query's segment to the end of its last query's. The window size (the largest need,
+  rounded up to a multiple of Q to limit recompiles) is the same for every chunk.
+  """
+  n = segment_ids.size
+  change = np.flatnonzero(np.diff(segment_ids)) + 1
+  starts, ends = np.concatenate([[0], change]), np.concatenate([change, [n]])
+  which = np.repeat(np.arange(starts.size), ends - starts)
+  first = np.arange(0, n, chunk)
+  last = np.minimum(first + chunk, n) - 1
+  low, high = starts[which[first]], ends[which[last]]
+  span = min(n, -(-int((high - low).max()) // chunk) * chunk)
+  return np.minimum(low, n - span).astype(np.int32), span
+
+
+def vision_inputs(grid_thw, cfg: VisionConfig, pad_to: int | None = None,
+                  attention_chunk: int = 1024) -> VisionInputs:
   """Computes the rotary positions, position-table taps and segments of a packed vision batch.
 
   Args:
@@ -90,6 +117,9 @@ def vision_inputs(grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> Vis
     cfg: the vision config.
     pad_to: optional total patch count to pad to (a multiple of M * M, at least the real count),
       so that a jitted encoder sees few distinct shapes; padding patches are their own segment.
+    attention_chunk: above this many patches, the attention runs over chunks of this many
+      queries, each against a window of keys that covers its segments, so memory grows with
+      N * (chunk + longest frame) instead of N^2. 0 always uses the dense form.
 
   Returns:
     `VisionInputs` of numpy arrays with N = sum(t * h * w) (or `pad_to`) rows.
@@ -128,11 +158,17 @@ def vision_inputs(grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> Vis
     weight.append(np.zeros((extra, 4), np.float32))
     segments.append(np.zeros((extra,), np.int64))
   cat = lambda xs, shape, dtype: (np.concatenate(xs) if xs else np.zeros(shape)).astype(dtype)
+  segment_ids = cat(segments, (0,), np.int32)
+  windows = {}
+  if 0 < attention_chunk < segment_ids.size:
+    key_start, span = _attention_windows(segment_ids, attention_chunk)
+    windows = dict(key_start=key_start, attention_chunk=attention_chunk, attention_span=span)
   return VisionInputs(
       positions=cat(positions, (0, 2), np.int32),
       interp_index=cat(index, (0, 4), np.int32),
       interp_weight=cat(weight, (0, 4), np.float32),
-      segment_ids=cat(segments, (0,), np.int32),
+      segment_ids=segment_ids,
+      **windows,
   )
 
 
@@ -217,20 +253,42 @@ class VisionAttention(nnx.Module):
     self.qkv = Dense(cfg.hidden_size, 3 * cfg.hidden_size, cfg, rngs=rngs)
     self.proj = Dense(cfg.hidden_size, cfg.hidden_size, cfg, rngs=rngs)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
-               segment_ids: jax.Array) -> jax.Array:
-    """float[T, D] -> float[T, D]; cos/sin float32[T, H]; segment_ids int32[T]."""
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, inputs: VisionInputs
+               ) -> jax.Array:
+    """float[T, D] -> float[T, D]; cos/sin float32[T, H]; segments and windows from `inputs`."""
     cfg = self.cfg
     t = x.shape[0]
     q, k, v = jnp.moveaxis(self.qkv(x).reshape(t, 3, cfg.num_heads, cfg.head_dim), 1, 0)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    logits = jnp.einsum("TNH,SNH->NTS", q, k, preferred_element_type=jnp.float32)
-    logits = logits * cfg.head_dim ** -0.5
-    same = segment_ids[:, None] == segment_ids[None, :]
-    logits = jnp.where(same[None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("NTS,SNH->TNH", probs, v).reshape(t, cfg.hidden_size)
-    return self.proj(out)
+    segment_ids = jnp.asarray(inputs.segment_ids)
+    if inputs.key_start is None:
+      out = _segment_attention(q, k, v, segment_ids, segment_ids)
+    else:
+      chunk, span = inputs.attention_chunk, inputs.attention_span
+      n_chunks = inputs.key_start.shape[0]
+      pad = n_chunks * chunk - t
+      # Padded queries get segment -1: they match no key and are dropped below.
+      q_chunks = jnp.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(n_chunks, chunk, *q.shape[1:])
+      seg_chunks = jnp.pad(segment_ids, (0, pad), constant_values=-1).reshape(n_chunks, chunk)
+
+      def one_chunk(args):
+        q_c, seg_c, start = args
+        window = lambda a: jax.lax.dynamic_slice_in_dim(a, start, span, axis=0)
+        return _segment_attention(q_c, window(k), window(v), seg_c, window(segment_ids))
+
+      out = jax.lax.map(one_chunk, (q_chunks, seg_chunks, jnp.asarray(inputs.key_start)))
+      out = out.reshape(n_chunks * chunk, *q.shape[1:])[:t]
+    return self.proj(out.reshape(t, cfg.hidden_size))
+
+
+def _segment_attention(q, k, v, q_segments, k_segments):
+  """Softmax attention of q float[T, N, H] over k, v float[S, N, H] within equal segment ids."""
+  logits = jnp.einsum("TNH,SNH->NTS", q, k, preferred_element_type=jnp.float32)
+  logits = logits * q.shape[-1] ** -0.5
+  same = q_segments[:, None] == k_segments[None, :]
+  logits = jnp.where(same[None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("NTS,SNH->TNH", probs, v)
 
 
 class VisionMLP(nnx.Module):
@@ -252,8 +310,8 @@ class VisionBlock(nnx.Module):
     self.attn = VisionAttention(cfg, rngs=rngs)
     self.mlp = VisionMLP(cfg, rngs=rngs)
 
-  def __call__(self, x, cos, sin, segment_ids):
-    x = x + self.attn(self.norm1(x), cos, sin, segment_ids)
+  def __call__(self, x, cos, sin, inputs: VisionInputs):
+    x = x + self.attn(self.norm1(x), cos, sin, inputs)
     return x + self.mlp(self.norm2(x))
 
 
@@ -327,11 +385,10 @@ class VisionModel(nnx.Module):
                      table[jnp.asarray(inputs.interp_index)].astype(jnp.float32))
     x = x + pos.astype(x.dtype)
     cos, sin = rotary_cos_sin(jnp.asarray(inputs.positions), cfg)
-    segment_ids = jnp.asarray(inputs.segment_ids)
     graphdef, state = nnx.split(self.blocks)
 
     def run_block(h, block_state):
-      return nnx.merge(graphdef, block_state)(h, cos, sin, segment_ids), None
+      return nnx.merge(graphdef, block_state)(h, cos, sin, inputs), None
 
     if cfg.scan_layers:
       x, _ = jax.lax.scan(run_block, x, state)

