@@ -22,6 +22,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.teacher.param_dtype = c.teacher.compute_dtype = "float32"
   c.teacher.device_fraction = 0.0
   c.data.max_prompt_tokens = 128
+  c.rl.pack_row_len = 1024
   c.rl.batch_prompts = 16
   c.rl.group_size = 8
   c.rl.teacher_group_size = 4
@@ -48,8 +49,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sampling.max_new_tokens = c.sampling.teacher_max_new_tokens = 24
     c.demo.num_train = 256
     c.demo.num_eval = 8
-    c.demo.student_sft_steps = 4
-    c.demo.teacher_sft_steps = 4
+    c.demo.sft_examples_per_level = 50
+    c.demo.student_sft_steps = 2
+    c.demo.teacher_sft_steps = 2
+    c.demo.student_hidden = c.demo.teacher_hidden = 32  # One shape: student and teacher share
+    c.rl.pack_row_len = 512                              # every compiled program.
   elif arg:
     raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '' or 'tiny')")
   return c

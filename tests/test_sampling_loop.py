@@ -1,28 +1,57 @@
-"""The rollout loop and the host Sampler on a tiny random model: greedy and sampled tokens, cache
-equivalence, log-probs against a teacher-forced forward, prefix sharing, stops, no recompiles.
+"""The rollout loop and the host Sampler on tiny random models: greedy tokens equal transformers'
+`generate`, cache equivalence, log-probs against a teacher-forced forward, prefix sharing, stops,
+no recompiles.
 
-All generate calls use 4 rows and prompts of at most 16 tokens (one prompt bucket, one capacity
-bucket), so the module compiles one decode program and three prefills.
+The model is a random transformers `Qwen3_5ForCausalLM` saved with `save_pretrained` and loaded
+with our loader. Most generate calls use 4 rows and prompts of at most 16 tokens (one prompt
+bucket, one capacity bucket), so the module compiles few programs.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
-from zppo_jax.models.qwen3_5 import tiny
+from zppo_jax.models import qwen3_5
 from zppo_jax.models.qwen3_5.cache import init_cache
-from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
 from zppo_jax.sampling import Sampler, SamplingParams
 from zppo_jax.sampling import loop as rollout
 
 PROMPTS = [[3, 17, 29], [5, 6, 7, 8, 9, 10, 11], [100], [42, 1, 99, 12, 64]]
 NEW = 12
+CONFIGS = {
+    "untied": qwen3_5.tiny(),
+    "tied": qwen3_5.tiny(tie_word_embeddings=True, num_hidden_layers=6, hidden_size=48,
+                         layer_types=("linear_attention", "linear_attention",
+                                      "full_attention") * 2),
+}
+
+
+def _hf_pair(name, directory):
+  """A random transformers model (norm weights perturbed too) and ours loaded from its save."""
+  hf = CONFIGS[name].to_hf()
+  for key in ("architectures", "model_type", "dtype"):
+    hf.pop(key)
+  torch.manual_seed(len(name))
+  reference = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**hf)).eval()
+  with torch.no_grad():
+    for param_name, p in reference.named_parameters():
+      if param_name.endswith("norm.weight"):
+        p.add_(0.1 * torch.randn_like(p))
+  reference.save_pretrained(directory)
+  return reference, qwen3_5.load_pretrained(directory, gdn_chunk_size=4)
 
 
 @pytest.fixture(scope="module")
-def model():
-  return Qwen3_5ForCausalLM(tiny(), rngs=nnx.Rngs(0))
+def hf_and_model(tmp_path_factory):
+  return _hf_pair("untied", tmp_path_factory.mktemp("untied"))
+
+
+@pytest.fixture(scope="module")
+def model(hf_and_model):
+  return hf_and_model[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +92,33 @@ def _teacher_forced(forward, prompts, completions, temperature=1.0):
     start = width - len(c) - 1  # position predicting the first completion token
     out.append(np.array([logp[i, start + j, t] for j, t in enumerate(c)]))
   return out
+
+
+def _hf_greedy(reference, prompts, new):
+  """transformers' greedy `generate`, one unpadded prompt at a time."""
+  out = []
+  with torch.no_grad():
+    for p in prompts:
+      ids = reference.generate(torch.tensor([p]), do_sample=False, max_new_tokens=new,
+                               min_new_tokens=new, pad_token_id=0)
+      out.append(ids[0, len(p):].tolist())
+  return out
+
+
+def test_greedy_equals_transformers_generate(hf_and_model, sampler):
+  reference, _ = hf_and_model
+  out = sampler.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=NEW))
+  assert [t[0] for t in out.tokens] == _hf_greedy(reference, PROMPTS, NEW)
+
+
+def test_greedy_equals_transformers_generate_tied_model(tmp_path):
+  """Another config (tied head, 3-layer cycle, other widths), 3 prompts x 2 samples."""
+  reference, ours = _hf_pair("tied", tmp_path)
+  prompts = [[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13], [50, 60], [1, 2, 3, 4]]
+  out = Sampler(ours, max_total_len=64).generate(
+      prompts, SamplingParams(temperature=0.0, max_new_tokens=NEW, num_samples=2))
+  expected = _hf_greedy(reference, prompts, NEW)
+  assert out.tokens == [[e, e] for e in expected]
 
 
 def test_greedy_equals_step_by_step_argmax_of_the_full_forward(sampler, forward):

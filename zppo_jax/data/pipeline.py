@@ -1,0 +1,293 @@
+"""The multimodal training pipeline: shards -> decoded, preprocessed, batched prompts (Grain).
+
+    pipe = Pipeline(out_dir, tokenizer, PipelineConfig(seed=0, batch_size=384, num_workers=8))
+    it = pipe.iterator()                  # this JAX process's share, seeded, endless by default
+    batch = next(it)                      # list of examples (dicts, see `Preprocessor`)
+    state = it.get_state()                # small dict; save it with the checkpoint
+    it = pipe.iterator(); it.set_state(state)   # resumes at the next unseen example
+    replays = pipe.preprocess_many(buffer_questions)   # replayed questions, same preprocessing
+
+Order. Epoch e visits the dataset in a permutation seeded by (seed, e), so every epoch differs and
+any position is computed directly (random access, nothing to replay on resume). Position g of an
+epoch belongs to process g mod P (`grain.sharding.ShardOptions`), so the P processes see disjoint
+sets that together cover the epoch. With `drop_remainder` every process gets the same number of
+examples per epoch (the last N mod P positions are skipped).
+
+Bad input is skipped and counted by reason, never raised: undecodable records, empty fields,
+corrupt or truncated images, unsupported modes, images below `min_image_side`, prompts over the
+token budget. Duplicate ids are found once from the ids sidecar the builders write (the first
+occurrence is kept), so skipping them does not depend on the visiting order.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+from typing import Callable, Iterable
+
+import grain
+import numpy as np
+
+from zppo_jax.data import records, tfds_source, vision
+from zppo_jax.data.generic_builder import default_user_text
+
+PIPELINE_REJECTS = ("bad_record", "non_utf8", "no_id", "empty_question", "no_answer",
+                    "broken_image", "small_image", "too_long", "duplicate_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Attributes:
+    seed: the shuffle seed.
+    shuffle: False visits records in stored order (still sharded).
+    num_epochs: 0 repeats forever.
+    batch_size: examples per batch (fixed-count batching) ...
+    max_batch_tokens: ... or, when > 0, batches are filled until the next example's prompt
+      tokens would exceed this budget (at most `batch_size` examples if that is also > 0).
+    drop_last: drop a final incomplete batch when a finite run ends.
+    num_workers: decode/preprocess processes (0: in this process, with `num_threads` threads).
+    num_threads: reader threads per process.
+    max_prompt_tokens: longer prompts are skipped (`too_long`).
+    min_image_side: images with a smaller side are skipped (`small_image`).
+    vision: the image preprocessing settings.
+  """
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int = 0
+  batch_size: int = 8
+  max_batch_tokens: int = 0
+  drop_last: bool = False
+  num_workers: int = 0
+  num_threads: int = 4
+  max_prompt_tokens: int = 4096
+  min_image_side: int = 100
+  vision: vision.VisionProcessorConfig = vision.VisionProcessorConfig()
+
+
+class Preprocessor:
+  """A record dict -> a model-ready example, or a reject `{"reject": reason, "id": ...}`.
+
+  An example holds the record's `id`, `source`, `subset`, `question`, `answer`, `images` (encoded
+  bytes, kept for the replay buffer) plus `prompt_ids` (int32[T]: the chat-formatted user turn
+  with images first, placeholders expanded), `pixel_values` (float32[N, C*Tp*P*P]) and
+  `image_grid_thw` (int64[I, 3]).
+  """
+
+  def __init__(self, tokenizer, build_user_text: Callable[[str], str] = default_user_text, *,
+               max_prompt_tokens: int = 4096, min_image_side: int = 100,
+               vision_cfg: vision.VisionProcessorConfig = vision.VisionProcessorConfig()):
+    self.tokenizer, self.build_user_text = tokenizer, build_user_text
+    self.max_prompt_tokens, self.min_image_side = max_prompt_tokens, min_image_side
+    self.vision_cfg = vision_cfg
+
+  def from_bytes(self, data: bytes) -> dict:
+    try:
+      record = records.deserialize(data)
+    except records.RecordError as e:
+      reason = "non_utf8" if isinstance(e.__cause__, UnicodeDecodeError) else "bad_record"
+      return {"reject": reason, "id": None}
+    return self(record)
+
+  def __call__(self, record: dict) -> dict:
+    rid = record.get("id")
+    for field, reason in (("id", "no_id"), ("question", "empty_question"), ("answer", "no_answer")):
+      if not isinstance(record.get(field), str) or not record[field].strip():
+        return {"reject": reason, "id": rid if isinstance(rid, str) else None}
+    images = []
+    for i, data in enumerate(record.get("images") or ()):
+      try:
+        image = vision.load_image(data, f"{rid} image {i}")
+      except vision.VisionInputError:
+        return {"reject": "broken_image", "id": rid}
+      if min(image.size) < self.min_image_side:
+        return {"reject": "small_image", "id": rid}
+      images.append(image)
+    try:
+      pixels = vision.preprocess_images(images, self.vision_cfg, rid) if images else {}
+    except vision.VisionInputError:   # e.g. an aspect ratio the processor refuses
+      return {"reject": "broken_image", "id": rid}
+    ids = self.encode(record["question"], pixels.get("image_grid_thw"), len(images), rid)
+    if len(ids) > self.max_prompt_tokens:
+      return {"reject": "too_long", "id": rid}
+    dim = 3 * self.vision_cfg.temporal_patch_size * self.vision_cfg.patch_size ** 2
+    return {**{k: record.get(k) for k in ("id", "source", "subset", "question", "answer")},
+            "images": list(record.get("images") or ()),
+            "prompt_ids": np.asarray(ids, np.int32),
+            "pixel_values": pixels.get("pixel_values", np.zeros((0, dim), np.float32)),
+            "image_grid_thw": pixels.get("image_grid_thw", np.zeros((0, 3), np.int64))}
+
+  def encode(self, question: str, grids, num_images: int, rid) -> list[int]:
+    """Token ids of the user turn: one vision block per image, then the question text."""
+    placeholder = vision.VISION_START + vision.IMAGE_PAD + vision.VISION_END
+    content = placeholder * num_images + self.build_user_text(question)
+    text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                              tokenize=False, add_generation_prompt=True)
+    text = vision.expand_vision_placeholders(text, grids, merge_size=self.vision_cfg.merge_size,
+                                             sample=rid)
+    return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class _EpochOrder:
+  """Random access to this process's record indices: local position -> stored record index."""
+
+  def __init__(self, valid: np.ndarray, seed: int, shuffle: bool, num_epochs: int,
+               shard: grain.sharding.ShardOptions):
+    self.valid, self.seed, self.shuffle = valid, seed, shuffle
+    self.index, self.count = shard.shard_index, shard.shard_count
+    n = len(valid)
+    self.per_epoch = (n // self.count if shard.drop_remainder
+                      else len(range(self.index, n, self.count)))
+    if self.per_epoch == 0:
+      raise ValueError(f"process {self.index} of {self.count} gets no records of {n}")
+    self.length = self.per_epoch * num_epochs if num_epochs else np.iinfo(np.int64).max
+    self._perm: tuple[int, np.ndarray] | None = None
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, i: int) -> int:
+    epoch, j = divmod(int(i), self.per_epoch)
+    position = self.index + j * self.count
+    if not self.shuffle:
+      return int(self.valid[position])
+    if self._perm is None or self._perm[0] != epoch:
+      self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.valid)))
+    return int(self.valid[self._perm[1][position]])
+
+
+class _Load:
+  """Record index -> preprocessed example (runs in the worker processes)."""
+
+  def __init__(self, source, preprocessor: Preprocessor):
+    self.source, self.preprocessor = source, preprocessor
+
+  def __call__(self, index: int) -> dict:
+    example = self.preprocessor.from_bytes(self.source[index])
+    example["index"] = index
+    return example
+
+
+class Pipeline:
+  """The shards of a built dataset, ready to iterate for one JAX process.
+
+  Args:
+    path: the output root of a builder (or the dataset version directory).
+    tokenizer: the student's HF tokenizer (with the Qwen vision special tokens).
+    config: the pipeline settings.
+    shard: which part this process reads; default `grain.sharding.ShardByJaxProcess()`.
+    build_user_text: question -> user turn text (default: the ZPPO template).
+    split: the split to read.
+  """
+
+  def __init__(self, path: str | pathlib.Path, tokenizer, config: PipelineConfig = PipelineConfig(),
+               shard: grain.sharding.ShardOptions | None = None,
+               build_user_text: Callable[[str], str] = default_user_text, split: str = "train"):
+    self.config = config
+    self.source = tfds_source.grain_source(path, split)
+    self.preprocessor = Preprocessor(tokenizer, build_user_text,
+                                     max_prompt_tokens=config.max_prompt_tokens,
+                                     min_image_side=config.min_image_side, vision_cfg=config.vision)
+    ids = records.read_ids(tfds_source.find_dataset_dir(path), split)
+    self.valid, duplicates = _first_occurrences(ids, len(self.source))
+    self.build_rejects = collections.Counter({"duplicate_id": duplicates} if duplicates else {})
+    self.shard = shard if shard is not None else grain.sharding.ShardByJaxProcess()
+    self.order = _EpochOrder(self.valid, config.seed, config.shuffle, config.num_epochs, self.shard)
+    self.replay_rejects: collections.Counter = collections.Counter()
+
+  def dataset(self) -> grain.IterDataset:
+    """Examples (and rejects) in this process's order, decoded by the workers."""
+    ds = grain.MapDataset.source(self.order).map(_Load(self.source, self.preprocessor))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.config.num_threads,
+                                              prefetch_buffer_size=4 * self.config.num_threads))
+    if self.config.num_workers > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.config.num_workers))
+    return ds
+
+  def iterator(self) -> "BatchIterator":
+    return BatchIterator(self.dataset(), self.config)
+
+  def preprocess_many(self, questions: Iterable[dict]) -> list[dict]:
+    """Replayed questions (record dicts, e.g. from the replay buffer) through the same
+    preprocessing; rejects are skipped and counted in `replay_rejects`."""
+    out = []
+    for q in questions:
+      example = self.preprocessor(q)
+      if "reject" in example:
+        self.replay_rejects[example["reject"]] += 1
+      else:
+        out.append(example)
+    return out
+
+
+def _first_occurrences(ids: list[str] | None, n: int) -> tuple[np.ndarray, int]:
+  """Indices of the records to visit (first occurrence of each id) and the duplicate count."""
+  if ids is None:
+    return np.arange(n), 0
+  if len(ids) != n:
+    raise ValueError(f"the ids sidecar lists {len(ids)} records but the shards hold {n}")
+  seen, keep = set(), []
+  for i, rid in enumerate(ids):
+    if rid not in seen:
+      seen.add(rid)
+      keep.append(i)
+  return np.asarray(keep, np.int64), n - len(keep)
+
+
+class BatchIterator:
+  """Batches of examples with a checkpointable position; rejects skipped and counted.
+
+  With a token budget, the example that overflows a batch opens the next one; the saved state is
+  taken before that example was read, so a restored iterator reads it again.
+  """
+
+  def __init__(self, dataset: grain.IterDataset, config: PipelineConfig):
+    self.config, self._dataset = config, dataset
+    self._it = iter(dataset)
+    self.rejects: collections.Counter = collections.Counter()
+    self._pending: dict | None = None
+    self._pending_state: dict | None = None
+
+  def __iter__(self):
+    return self
+
+  def _pull(self) -> dict:
+    while True:
+      example = next(self._it)
+      if "reject" not in example:
+        return example
+      self.rejects[example["reject"]] += 1
+
+  def __next__(self) -> list[dict]:
+    cfg, batch, tokens = self.config, [], 0
+    while not cfg.batch_size or len(batch) < cfg.batch_size:
+      if self._pending is not None:
+        example, self._pending, self._pending_state = self._pending, None, None
+      else:
+        before = self._snapshot()
+        try:
+          example = self._pull()
+        except StopIteration:
+          break
+        n = len(example["prompt_ids"])
+        if cfg.max_batch_tokens and batch and tokens + n > cfg.max_batch_tokens:
+          self._pending, self._pending_state = example, before
+          break
+      batch.append(example)
+      tokens += len(example["prompt_ids"])
+    if not batch or (cfg.drop_last and self._pending is None and cfg.batch_size
+                     and len(batch) < cfg.batch_size):
+      raise StopIteration
+    return batch
+
+  def _snapshot(self) -> dict:
+    return {"grain": self._it.get_state(), "rejects": dict(self.rejects)}
+
+  def get_state(self) -> dict:
+    """The position after the last batch returned (a small, JSON-able dict)."""
+    return self._pending_state if self._pending is not None else self._snapshot()
+
+  def set_state(self, state: dict) -> None:
+    self._it = iter(self._dataset)
+    self._it.set_state(state["grain"])
+    self.rejects = collections.Counter(state["rejects"])
+    self._pending = self._pending_state = None

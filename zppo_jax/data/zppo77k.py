@@ -1,0 +1,349 @@
+"""Rebuilds ZPPO-77K (shared/ZPPO_SPEC.md §7) from local copies of its two sources.
+
+    zppo data build-zppo77k --vero DIR --mmfinereason DIR --out OUT [--tokenizer DIR]
+
+Sources, in their published Parquet layouts (any `.parquet`/`.jsonl` file below the directory):
+- **Vero-600k** (verl RL format): `prompt` (chat messages), `images` (list of `{bytes, path}`),
+  `data_source` (the sub-set, 34 of them), `ability` (the task domain), `reward_model`
+  (`{ground_truth, style}`), `extra_info` (`{answer, domain, index, question}`).
+- **MMFineReason-SFT-586K**: `source` (the sub-set), `question`, `answer`, `image` (one
+  `{bytes, path}`), `id`, and the 4B model's pass rate (`pass_rate`; the aliases in
+  `MMFR_PASS_RATE_COLUMNS` are accepted too).
+
+Rules, in the order they are applied (each dropped row is counted under the first rule it fails):
+1. row checks shared with the generic builder: readable, UTF-8, id/question/answer present and
+   strings, unique id within the source;
+2. MMFineReason rows with pass_rate > 0.5 (`pass_rate_high`; a missing rate is `no_pass_rate`);
+3. canonical sub-set names (`canonical_subset`); a sub-set present in Vero is taken from Vero only,
+   its MMFineReason rows are dropped (`vero_priority`);
+4. answer ≤ 512 characters, every image decodable with min side ≥ 100 px, base prompt (user
+   turn with the RL closer, chat template, image tokens at the paper's pixel budget) ≤ 4,096 tokens;
+5. caps per canonical sub-set: 2,800 for tier 1 (STEM, chart/OCR), 1,400 for tier 2 (VQA,
+   knowledge, counting/grounding); the kept rows are a seeded choice among the survivors of 1-4
+   (`over_cap` for the rest).
+
+The report (`report.json`, `report.md`) counts rows per source, sub-set, tier and reason; every
+row read appears exactly once (kept or dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import json
+import pathlib
+import re
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from zppo_jax.data import generic_builder as gb
+from zppo_jax.data import records, tfds_source
+
+NAME = "zppo77k"
+SOURCES = ("vero", "mmfinereason")
+TIER_CAPS = {1: 2800, 2: 1400}
+MAX_PASS_RATE = 0.5
+MMFR_PASS_RATE_COLUMNS = ("pass_rate", "qwen3vl_4b_pass_rate", "pass_rate_4b")
+DROP_REASONS = gb.REJECT_REASONS + ("pass_rate_high", "no_pass_rate", "vero_priority",
+                                    "over_cap")
+
+# Decision: the paper does not publish its canonical-name map. Names are normalised (lower case,
+# letters and digits only); these aliases join the spellings the two sources use for one origin.
+SUBSET_ALIASES = {
+    "wemath20standard": "wemath2", "wemath20pro": "wemath2", "wemath2standard": "wemath2",
+    "wemath2pro": "wemath2", "wemath20": "wemath2",
+    "geo170k": "geo170k", "geoqaplus": "geoqa", "geoqa": "geoqa",
+    "mmk12": "mmk12", "mmeureka": "mmk12",
+    "scienceqa": "scienceqa", "sqa": "scienceqa",
+    "clevrmath": "clevrmath", "superclevr": "superclevr",
+    "finevisiontqa": "tqa", "tqa": "tqa", "finevisionai2d": "ai2d", "ai2d": "ai2d",
+    "chartqa": "chartqa", "finevisionchartqa": "chartqa",
+}
+# Tier of a Vero row from its `ability` domain: STEM and chart/OCR are tier 1, the rest tier 2.
+TIER1_DOMAIN_WORDS = ("stem", "math", "science", "chart", "ocr", "document")
+# Decision: MMFineReason is 93% mathematics and science (its card), so its sub-sets are tier 1
+# unless listed here.
+MMFR_TIER2_SUBSETS = frozenset({"vqa", "gqa", "vizwiz", "okvqa", "aokvqa", "countbench"})
+
+
+def canonical_subset(name: str) -> str:
+  """The canonical sub-set name: normalised, then mapped through `SUBSET_ALIASES`."""
+  key = re.sub(r"[^0-9a-z]", "", name.lower())
+  return SUBSET_ALIASES.get(key, key)
+
+
+def vero_tier(domain: str | None) -> int:
+  domain = (domain or "").lower()
+  return 1 if any(w in domain for w in TIER1_DOMAIN_WORDS) else 2
+
+
+@dataclasses.dataclass
+class Candidate:
+  """One input row after the scan: where it is, what it is, and why it is dropped (if it is)."""
+  source: str
+  locator: gb.Locator
+  id: str = ""
+  subset: str = "?"
+  tier: int = 0
+  reason: str | None = None
+
+
+@dataclasses.dataclass
+class Zppo77kConfig:
+  """The §7 rules (defaults: the paper's values)."""
+  tier_caps: dict = dataclasses.field(default_factory=lambda: dict(TIER_CAPS))
+  max_pass_rate: float = MAX_PASS_RATE
+  filters: gb.BuildConfig = dataclasses.field(default_factory=gb.BuildConfig)
+  seed: int = 0
+
+
+def _vero_fields(row: dict) -> dict:
+  extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+  question = extra.get("question")
+  if question is None and isinstance(row.get("prompt"), list):
+    users = [m.get("content") for m in row["prompt"] if isinstance(m, dict)
+             and m.get("role") == "user"]
+    question = users[-1] if users else None
+  answer = gb.get_field(row, "reward_model.ground_truth")
+  if answer is None:
+    answer = extra.get("answer")
+  index = extra.get("index", row.get("id"))
+  subset = row.get("data_source")
+  return {"subset": subset, "id": None if index is None else f"{subset}/{index}",
+          "question": question, "answer": answer, "images": row.get("images"),
+          "domain": row.get("ability") or extra.get("domain"), "meta": {"data_source": subset}}
+
+
+def _mmfr_fields(row: dict) -> dict:
+  rate = next((row[c] for c in MMFR_PASS_RATE_COLUMNS if row.get(c) is not None), None)
+  images = row.get("image") if row.get("image") is not None else row.get("images")
+  return {"subset": row.get("source"), "id": row.get("id"), "question": row.get("question"),
+          "answer": row.get("answer"), "images": images, "pass_rate": rate,
+          "meta": {"source": row.get("source"), "pass_rate": rate}}
+
+
+_FIELDS: dict[str, Callable[[dict], dict]] = {"vero": _vero_fields, "mmfinereason": _mmfr_fields}
+
+
+class _Parsed:
+  """A row turned into record fields, or the RowError that stops it."""
+
+  def __init__(self, source: str, row: Any, path: pathlib.Path, where: str):
+    if isinstance(row, gb.RowError):
+      raise row
+    f = _FIELDS[source](row)
+    subset = gb.text_field(f["subset"], "subset", missing="bad_record")
+    self.subset_raw, self.subset = subset, canonical_subset(subset)
+    self.id = source + "/" + gb.text_field(f["id"], "id", missing="no_id")
+    question = gb.text_field(f["question"], "question", missing="empty_question")
+    self.question = gb.IMAGE_MARKER.sub("", question).strip()
+    if not self.question:
+      raise gb.RowError("empty_question", where)
+    self.answer = gb.text_field(f["answer"], "answer", missing="no_answer")
+    self.pass_rate = f.get("pass_rate")
+    self.tier = (vero_tier(f.get("domain")) if source == "vero"
+                 else 2 if self.subset in MMFR_TIER2_SUBSETS else 1)
+    self.meta = f["meta"]
+    self._images, self._base = f["images"], path.parent
+
+  def images(self) -> list[bytes]:
+    return gb.image_bytes(self._images, self._base)
+
+
+def _scan(source: str, files: list[pathlib.Path], config: Zppo77kConfig) -> list[Candidate]:
+  """Rule 1-2 for every row of one source (cheap checks only)."""
+  out, seen = [], set()
+  for f, path in enumerate(files):
+    for i, row in gb.iter_file_rows(path):
+      cand = Candidate(source, gb.Locator(f, i))
+      out.append(cand)
+      try:
+        p = _Parsed(source, row, path, f"{path.name}:{i}")
+      except gb.RowError as e:
+        cand.reason = e.reason
+        continue
+      cand.id, cand.subset, cand.tier = p.id, p.subset, p.tier
+      if p.id in seen:
+        cand.reason = "duplicate_id"
+      elif source == "mmfinereason":
+        cand.reason = _pass_rate_reason(p.pass_rate, config.max_pass_rate)
+      seen.add(p.id)
+  return out
+
+
+def _pass_rate_reason(rate: Any, max_rate: float) -> str | None:
+  if isinstance(rate, (bytes, str)):
+    try:
+      rate = float(rate)
+    except ValueError:
+      return "no_pass_rate"
+  if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate != rate:
+    return "no_pass_rate"
+  return "pass_rate_high" if rate > max_rate else None
+
+
+def _check_content(source: str, files: list[pathlib.Path], by_loc: dict, budget,
+                   filters: gb.BuildConfig) -> None:
+  """Rule 4 for the rows still in: answer length, images, prompt budget."""
+  for f, path in enumerate(files):
+    for i, row in gb.iter_file_rows(path):
+      cand = by_loc.get(gb.Locator(f, i))
+      if cand is None or cand.reason is not None:
+        continue
+      try:
+        p = _Parsed(source, row, path, f"{path.name}:{i}")
+        if filters.max_answer_chars and len(p.answer) > filters.max_answer_chars:
+          raise gb.RowError("answer_too_long")
+        sizes = gb.check_images(p.images(), filters.min_image_side, p.id)
+        if budget is not None and budget.count(p.question, sizes) > filters.max_prompt_tokens:
+          raise gb.RowError("too_long")
+      except gb.RowError as e:
+        cand.reason = e.reason
+
+
+def _subset_seed(seed: int, subset: str) -> int:
+  """A per-sub-set seed, so adding or removing one sub-set never changes another's choice."""
+  return int.from_bytes(hashlib.sha256(f"{seed}:{subset}".encode()).digest()[:8], "little")
+
+
+def apply_caps(candidates: list[Candidate], tier_caps: dict, seed: int) -> None:
+  """Rule 5: per canonical sub-set, keep a seeded choice of `tier_caps[tier]` survivors."""
+  groups = collections.defaultdict(list)
+  for cand in candidates:
+    if cand.reason is None:
+      groups[cand.subset].append(cand)
+  for subset, group in groups.items():
+    group.sort(key=lambda c: c.id)   # The choice must not depend on file order.
+    # Rows of one sub-set share its tier (after Vero priority a sub-set has one source); if a
+    # source mixes domains within a sub-set, the stricter (smaller) cap applies.
+    cap = min(tier_caps[c.tier] for c in group)
+    order = np.random.default_rng(_subset_seed(seed, subset)).permutation(len(group))
+    for rank, j in enumerate(order):
+      if rank >= cap:
+        group[j].reason = "over_cap"
+
+
+def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str | pathlib.Path,
+          *, tokenizer=None, build_user_text: Callable[[str], str] = gb.default_user_text,
+          config: Zppo77kConfig = Zppo77kConfig()) -> dict:
+  """Builds ZPPO-77K into `<out>/zppo77k/1.0.0/` and writes `<out>/report.{json,md}`.
+
+  Args:
+    vero: directory (or file) of the local Vero-600k copy.
+    mmfinereason: directory (or file) of the local MMFineReason-SFT-586K copy.
+    out: output root.
+    tokenizer: the student's HF tokenizer (prompt budget); None skips that rule (reported).
+    build_user_text: question -> the user turn (default: the trainer's ZPPO template).
+    config: the rules.
+
+  Returns:
+    The report dict.
+  """
+  files = {"vero": gb.input_files(vero), "mmfinereason": gb.input_files(mmfinereason)}
+  cands = {s: _scan(s, files[s], config) for s in SOURCES}
+  vero_subsets = {c.subset for c in cands["vero"] if c.subset != "?"}
+  for c in cands["mmfinereason"]:
+    if c.reason is None and c.subset in vero_subsets:
+      c.reason = "vero_priority"
+  budget = gb.PromptBudget(tokenizer, build_user_text) if tokenizer is not None else None
+  for s in SOURCES:
+    _check_content(s, files[s], {c.locator: c for c in cands[s]}, budget, config.filters)
+  apply_caps(cands["vero"] + cands["mmfinereason"], config.tier_caps, config.seed)
+
+  directory = tfds_source.dataset_dir(out, NAME)
+  lengths = records.write_shards(_kept_records(files, cands), directory, NAME,
+                                 num_shards=config.filters.num_shards)
+  tfds_source.write_metadata(directory, NAME, {"train": lengths},
+                             "ZPPO-77K (arXiv 2606.18216 §7) rebuilt from Vero-600k and "
+                             "MMFineReason-SFT-586K by zppo_jax.data.zppo77k")
+  report = make_report(cands, config, budget is not None, str(directory))
+  out = pathlib.Path(out)
+  (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+  (out / "report.md").write_text(report_markdown(report))
+  return report
+
+
+def _kept_records(files, cands) -> Iterator[dict]:
+  for s in SOURCES:
+    keep = {c.locator: c for c in cands[s] if c.reason is None}
+    for f, path in enumerate(files[s]):
+      for i, row in gb.iter_file_rows(path):
+        cand = keep.get(gb.Locator(f, i))
+        if cand is None:
+          continue
+        p = _Parsed(s, row, path, f"{path.name}:{i}")
+        yield records.make_record(id=p.id, source=s, subset=p.subset, tier=p.tier,
+                                  question=p.question, answer=p.answer, images=p.images(),
+                                  meta={**p.meta, "subset_raw": p.subset_raw})
+
+
+def make_report(cands: dict, config: Zppo77kConfig, budget_applied: bool, directory: str) -> dict:
+  """Counts per source, per (source, sub-set, tier) and per drop reason."""
+  sources, subsets = {}, {}
+  for s, group in cands.items():
+    by_reason = collections.Counter(c.reason or "kept" for c in group)
+    sources[s] = {"rows": len(group), "kept": by_reason.pop("kept", 0),
+                  "dropped": dict(sorted(by_reason.items()))}
+    for c in group:
+      entry = subsets.setdefault(f"{s}/{c.subset}", {"source": s, "subset": c.subset,
+                                                     "tier": c.tier, "rows": 0, "kept": 0,
+                                                     "dropped": collections.Counter()})
+      entry["rows"] += 1
+      if c.reason is None:
+        entry["kept"] += 1
+      else:
+        entry["dropped"][c.reason] += 1
+  for entry in subsets.values():
+    entry["dropped"] = dict(sorted(entry["dropped"].items()))
+  tiers = collections.Counter()
+  for group in cands.values():
+    for c in group:
+      if c.reason is None:
+        tiers[f"tier{c.tier}"] += 1
+  total = sum(v["rows"] for v in sources.values())
+  kept = sum(v["kept"] for v in sources.values())
+  dropped = sum(sum(v["dropped"].values()) for v in sources.values())
+  assert total == kept + dropped, "every row is kept or dropped exactly once"
+  return {"dataset_dir": directory, "rows": total, "kept": kept, "kept_per_tier": dict(tiers),
+          "sources": sources, "subsets": dict(sorted(subsets.items())),
+          "rules": {"tier_caps": config.tier_caps, "max_pass_rate": config.max_pass_rate,
+                    "max_answer_chars": config.filters.max_answer_chars,
+                    "min_image_side": config.filters.min_image_side,
+                    "max_prompt_tokens": config.filters.max_prompt_tokens if budget_applied
+                    else "skipped (no tokenizer)", "seed": config.seed}}
+
+
+def report_markdown(report: dict) -> str:
+  lines = ["# ZPPO-77K build report", "", f"{report['kept']} of {report['rows']} rows kept "
+           f"({report['kept_per_tier']}).", "", "| source | rows | kept | dropped |",
+           "|---|---:|---:|---|"]
+  for s, v in report["sources"].items():
+    lines.append(f"| {s} | {v['rows']} | {v['kept']} | {_reasons(v['dropped'])} |")
+  lines += ["", "| source/sub-set | tier | rows | kept | dropped |", "|---|---:|---:|---:|---|"]
+  for key, v in report["subsets"].items():
+    lines.append(f"| {key} | {v['tier']} | {v['rows']} | {v['kept']} | {_reasons(v['dropped'])} |")
+  lines += ["", "Rules: " + json.dumps(report["rules"]), ""]
+  return "\n".join(lines)
+
+
+def _reasons(counts: dict) -> str:
+  return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="zppo data build-zppo77k",
+                                   description="Rebuild ZPPO-77K from Vero-600k and MMFineReason.")
+  parser.add_argument("--vero", required=True)
+  parser.add_argument("--mmfinereason", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (prompt budget)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--num-shards", type=int, default=64)
+  args = parser.parse_args(argv)
+  config = Zppo77kConfig(seed=args.seed, filters=gb.BuildConfig(num_shards=args.num_shards))
+  report = build(args.vero, args.mmfinereason, args.out,
+                 tokenizer=gb.load_tokenizer(args.tokenizer), config=config)
+  print(report_markdown(report))
+  return 0
