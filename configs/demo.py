@@ -28,6 +28,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.rl.teacher_group_size = 4
   c.rl.buffer_capacity = 256
   c.rl.inner_updates = 2
+  c.rl.min_rows_per_update = 16   # one packed shape for every step: one compile of the update
   # The demo teacher is not trained to summarise, so candidates are its raw rollouts (the spec's
   # compression-off option).
   c.rl.compress = False
@@ -46,6 +47,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.rl.group_size = 4
     c.rl.teacher_group_size = 2
     c.rl.inner_updates = 2
+    c.rl.min_rows_per_update = 4
     c.sampling.max_new_tokens = c.sampling.teacher_max_new_tokens = 24
     c.demo.num_train = 256
     c.demo.num_eval = 8

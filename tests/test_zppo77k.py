@@ -72,7 +72,7 @@ def mmfr_rows():
   rows += [mmfr_row("BMMR", "b0", 0.8), mmfr_row("BMMR", "b1", 0.51),      # pass_rate_high
            mmfr_row("BMMR", "b2", None),                                    # no_pass_rate
            mmfr_row("BMMR", "b3", 0.5)]                                     # kept (boundary)
-  rows += [mmfr_row("BMMR", f"b{i}", 0.0) for i in range(4, 7)]             # 4 survivors, cap 3
+  rows += [mmfr_row("BMMR", f"b{i}", 0.0) for i in range(4, 6)]             # 3 survivors = cap
   rows += [mmfr_row("Euclid30K", "e0", 0.2, answer=12)]                     # numeric answer: ok
   return rows
 
@@ -132,7 +132,7 @@ def test_drop_reasons(built):
       "answer_too_long": 1, "broken_image": 2, "duplicate_id": 1, "empty_question": 1,
       "over_cap": 4, "small_image": 1, "too_long": 1}
   assert report["sources"]["mmfinereason"]["dropped"] == {
-      "no_pass_rate": 1, "non_utf8": 1, "over_cap": 1, "pass_rate_high": 2, "vero_priority": 3}
+      "no_pass_rate": 1, "non_utf8": 1, "pass_rate_high": 2, "vero_priority": 3}
 
 
 def test_tier_caps_per_subset(built):
@@ -140,7 +140,7 @@ def test_tier_caps_per_subset(built):
   assert subsets["vero/mmk12"] == {"source": "vero", "subset": "mmk12", "tier": 1, "rows": 5,
                                    "kept": 3, "dropped": {"over_cap": 2}}
   assert subsets["vero/vizwiz"]["tier"] == 2 and subsets["vero/vizwiz"]["kept"] == 2
-  assert subsets["mmfinereason/bmmr"]["kept"] == 3          # 4 survivors, tier-1 cap 3
+  assert subsets["mmfinereason/bmmr"]["kept"] == 3          # 3 survivors, tier-1 cap 3
   assert subsets["vero/chartqa"]["tier"] == 1               # chart/OCR is tier 1
 
 
@@ -170,9 +170,20 @@ def test_seeded_choice(tmp_path, tok):
     zppo77k.build(vero, mmfr, tmp_path / name / "out", tokenizer=None, config=cfg)
     shards = records.shard_paths(tfds_source.find_dataset_dir(tmp_path / name / "out"), "zppo77k")
     return sorted(r["id"] for r in records.iter_records(shards) if r["subset"] == "mmk12")
-  a, b, c = kept(0, None, "a"), kept(0, 5, "b"), kept(3, None, "c")
+  a, b = kept(0, None, "a"), kept(0, 5, "b")
   assert a == b and len(a) == 3
-  assert a != c and len(c) == 3
+
+
+def test_caps_choice_depends_on_seed_and_subset():
+  def chosen(seed, subset="s", n=20, tier=1):
+    cands = [zppo77k.Candidate("vero", gb.Locator(0, i), id=f"{i:02d}", subset=subset, tier=tier)
+             for i in range(n)]
+    zppo77k.apply_caps(cands, {1: 5, 2: 2}, seed)
+    return [c.id for c in cands if c.reason is None]
+  assert chosen(0) == chosen(0) and len(chosen(0)) == 5
+  assert chosen(0) != chosen(1)
+  assert chosen(0, "s") != chosen(0, "t")      # seeded per sub-set, not one shared stream
+  assert len(chosen(0, tier=2)) == 2 and len(chosen(0, n=4)) == 4
 
 
 def test_canonical_map_and_tiers():
@@ -187,7 +198,7 @@ def test_prompt_budget_counts_image_tokens(tok):
   text = len(gb.prompts.encode_prompt(tok, gb.default_user_text("What is x?")))
   # 120x120 is scaled up to the 256-token minimum (512x512 px); +2 for start/end markers.
   assert budget.count("What is x?", [(120, 120)]) == text + 256 + 2
-  assert budget.count("What is x?", [(120, 120), (2000, 2000)]) == text + 258 + 1282
+  assert budget.count("What is x?", [(120, 120), (2000, 2000)]) == text + 258 + 35 * 35 + 2
 
 
 def test_tfds_data_source_reads_the_output(built):
@@ -195,3 +206,16 @@ def test_tfds_data_source_reads_the_output(built):
   assert len(ds) == len(built[1])
   first = ds[0]
   assert first["id"].decode() == built[1][0]["id"] and first["images"][0] == built[1][0]["images"][0]
+
+
+def test_cli_build_zppo77k(tmp_path, tok):
+  from zppo_jax import cli
+  vero, mmfr = write_sources(tmp_path, vero=[vero_row("mmk12", 0), vero_row("vizwiz", 1)],
+                             mmfr=[mmfr_row("BMMR", "b0", 0.1)])
+  tok.save_pretrained(str(tmp_path / "tok"))
+  rc = cli.main(["data", "build-zppo77k", "--vero", str(vero), "--mmfinereason", str(mmfr),
+                 "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok"),
+                 "--num-shards", "2"])
+  report = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert rc == 0 and report["kept"] == 3 and report["rules"]["max_prompt_tokens"] == 4096
+  assert report["rules"]["tier_caps"] == {"1": 2800, "2": 1400}

@@ -200,6 +200,10 @@ class Pipeline:
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.config.num_threads,
                                               prefetch_buffer_size=4 * self.config.num_threads))
     if self.config.num_workers > 0:
+      # Grain's worker processes read absl flags; outside `absl.app.run` nobody parsed them.
+      from absl import flags
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.config.num_workers))
     return ds
 

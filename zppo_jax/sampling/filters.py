@@ -146,11 +146,13 @@ def _inverse_cdf(logits, u):
     u: float32[B] uniforms.
 
   Returns:
-    int32[B] indices, never an excluded token.
+    (int32[B] indices, never an excluded token; float32[B] log of the softmax normaliser, so that
+    the chosen token's log-probability is logits[index] - it).
   """
   batch, vocab = logits.shape
   blocks = -(-vocab // _BLOCK)
-  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  max_logit = jnp.max(logits, axis=-1, keepdims=True)
+  weights = jnp.exp(logits - max_logit)
   weights = jnp.pad(weights, ((0, 0), (0, blocks * _BLOCK - vocab))).reshape(batch, blocks, _BLOCK)
   block_mass = jnp.sum(weights, axis=-1)
   block_cdf = jnp.cumsum(block_mass, axis=-1)
@@ -164,12 +166,16 @@ def _inverse_cdf(logits, u):
   start = jnp.take_along_axis(block_cdf - block_mass, block[:, None], axis=1)
   inner_cdf = jnp.cumsum(inner, axis=-1) + start
   index = jnp.minimum(jnp.sum(inner_cdf <= target[:, None], axis=-1), last_positive(inner))
-  return (block * _BLOCK + index).astype(jnp.int32)
+  log_normaliser = max_logit[:, 0] + jnp.log(block_cdf[:, -1])
+  return (block * _BLOCK + index).astype(jnp.int32), log_normaliser
+
+
+def _picked(logits, token):
+  return jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
 
 
 def _logprob_of(logits, token):
-  picked = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
+  return _picked(logits, token) - jax.nn.logsumexp(logits, axis=-1)
 
 
 def sample_step(logits, key, knobs, generated_mask):
@@ -186,13 +192,26 @@ def sample_step(logits, key, knobs, generated_mask):
     from; 0 for greedy rows); policy_logprob float32[B] (log-softmax of the raw logits).
   """
   logits = logits.astype(jnp.float32)
-  filtered = filter_logits(logits, knobs, generated_mask)
-  greedy = knobs.temperature <= 0
   u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
-  token = jnp.where(greedy, jnp.argmax(filtered, axis=-1).astype(jnp.int32),
-                    _inverse_cdf(filtered, u))
-  sampling_logprob = jnp.where(greedy, 0.0, _logprob_of(filtered, token))
-  return token, sampling_logprob, _logprob_of(logits, token)
+
+  def plain():
+    # Temperature 1 and nothing else for every row (the RL training setting): the sampling
+    # distribution is the policy, which saves several passes over [B, V] per step.
+    token, log_normaliser = _inverse_cdf(logits, u)
+    logprob = _picked(logits, token) - log_normaliser
+    return token, logprob, logprob
+
+  def general():
+    filtered = filter_logits(logits, knobs, generated_mask)
+    greedy = knobs.temperature <= 0
+    sampled, log_normaliser = _inverse_cdf(filtered, u)
+    token = jnp.where(greedy, jnp.argmax(filtered, axis=-1).astype(jnp.int32), sampled)
+    sampling_logprob = jnp.where(greedy, 0.0, _picked(filtered, token) - log_normaliser)
+    return token, sampling_logprob, _logprob_of(logits, token)
+
+  is_plain = jnp.all((knobs.temperature == 1.0) & (knobs.top_p >= 1.0) & (knobs.top_k <= 0)
+                     & (knobs.min_p <= 0.0) & (knobs.presence_penalty == 0.0))
+  return jax.lax.cond(is_plain, plain, general)
 
 
 def row_keys(seed_key, row_ids, step):

@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.jsd_beta = 0.5
   c.rl.pack_row_len = 16_384      # tokens per packed training row (prompt + response fit one row)
   c.rl.micro_batch_rows = 0       # rows per gradient-accumulation micro-batch (0 = whole batch)
+  c.rl.min_rows_per_update = 1    # packed rows per update are a power of two, at least this
+  c.compilation_cache_dir = "~/.cache/zppo-jax/xla"  # persistent XLA cache ("" = off)
   c.rl.distill_with_buffer = True  # Off/On-Distill with the buffer (the paper's dagger variants)
 
   c.sampling = ml_collections.ConfigDict()

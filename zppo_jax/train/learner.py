@@ -38,6 +38,9 @@ from zppo_jax.train import optim
 
 Batch = Mapping[str, jax.Array]
 OLD_LOGPROB_SOURCES = ("recompute", "sampler")
+# Metrics that are weighted token sums (shares of the mini-batch total): summed over micro-batches.
+# Every other metric is a token mean per micro-batch, combined by token counts (or min / max).
+_SUMMED_METRICS = ("pg_loss",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +69,9 @@ class LearnerConfig:
     adam_eps: ε (1e-8).
     weight_decay: λ, decoupled (0.1).
     max_grad_norm: global-norm clip (1.0).
-    opt_state_dtype: "bfloat16" (the paper) or "float32" storage of the Adam moments.
+    opt_state_dtype: storage of the Adam moments, "float32" (default) or "bfloat16" (the
+      paper's setting; the one default here that differs from the paper, so that fp32 runs and
+      tests are exact).
     token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
     jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
@@ -195,6 +200,11 @@ class Learner:
   def _put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     if self.mesh is None:
       return {k: jnp.asarray(v) for k, v in batch.items()}
+    shards = self.mesh.shape[parallel.DATA] * self.mesh.shape[parallel.FSDP]
+    micro_rows = self.cfg.micro_batch_rows or batch["tokens"].shape[0]
+    if micro_rows % shards:
+      raise ValueError(f"micro-batches of {micro_rows} rows cannot be split over the {shards} "
+                       "data x fsdp shards of the mesh")
     out = {}
     for k, v in batch.items():
       v = np.asarray(v)
@@ -249,7 +259,9 @@ class Learner:
     share = counts / jnp.maximum(jnp.sum(counts), 1.0)
     reduced = {}
     for k, v in metrics.items():
-      if k.endswith("_min"):
+      if k in _SUMMED_METRICS:
+        reduced[k] = jnp.sum(v)
+      elif k.endswith("_min"):
         reduced[k] = jnp.min(v)
       elif k.endswith("_max"):
         reduced[k] = jnp.max(v)

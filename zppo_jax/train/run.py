@@ -15,6 +15,14 @@ import sys
 from zppo_jax.train.config import parse_args
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Keeps compiled XLA programs on disk, so a second run skips most compilation."""
+  if path:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def load_tokenizer(path: str):
   import transformers  # Heavy; only when a run is built.
   return transformers.AutoTokenizer.from_pretrained(path)
@@ -136,6 +144,7 @@ def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
 def main(argv: list[str]) -> int:
   """`zppo train`."""
   config, flags = parse_args(argv)
+  enable_compilation_cache(config.compilation_cache_dir)
   workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr

@@ -30,19 +30,27 @@ def _bucket(n: int) -> int:
   return 1 << (max(n, 1) - 1).bit_length()
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
-def _sft_step(graphdef, tx, params, opt_state, rest, batch):
-  def loss_fn(p):
-    model = nnx.merge(graphdef, p, rest)
-    hidden, _ = model.forward(input_ids=batch["tokens"], positions=batch["positions"],
-                              segment_ids=batch["segment_ids"])
-    lp, _ = logprobs_lib.chunked_logprobs(hidden, model.lm_head_kernel(), batch["targets"])
-    mask = batch["loss_mask"]
-    return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+@functools.lru_cache(maxsize=None)
+def _optimizer_and_step(learning_rate: float, weight_decay: float):
+  """One optimizer and jitted step per setting, so models of one shape share the compile."""
+  tx = optim.make_optimizer(learning_rate, weight_decay=weight_decay, max_grad_norm=1.0,
+                            state_dtype="float32")
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+  def step(graphdef, params, opt_state, rest, batch):
+    def loss_fn(p):
+      model = nnx.merge(graphdef, p, rest)
+      hidden, _ = model.forward(input_ids=batch["tokens"], positions=batch["positions"],
+                                segment_ids=batch["segment_ids"])
+      lp, _ = logprobs_lib.chunked_logprobs(hidden, model.lm_head_kernel(), batch["targets"])
+      mask = batch["loss_mask"]
+      return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, step
 
 
 def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequence[int]]], *,
@@ -73,8 +81,7 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
     raise ValueError(f"an SFT example has {longest} tokens, more than row_len={row_len}")
   rows = _bucket(-(-batch_size // max(row_len // longest, 1)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optim.make_optimizer(learning_rate, weight_decay=weight_decay, max_grad_norm=1.0,
-                            state_dtype="float32")
+  tx, sft_step = _optimizer_and_step(float(learning_rate), float(weight_decay))
   opt_state = tx.init(params)
   rng = np.random.default_rng(seed)
   losses, t0 = [], time.time()
@@ -84,7 +91,7 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
                           row_len, num_rows=rows)
     batch = {k: jnp.asarray(v) for k, v in packed.arrays().items()
              if k in ("tokens", "targets", "positions", "segment_ids", "loss_mask")}
-    params, opt_state, loss = _sft_step(graphdef, tx, params, opt_state, rest, batch)
+    params, opt_state, loss = sft_step(graphdef, params, opt_state, rest, batch)
     losses.append(float(loss))
     if log_every and (step % log_every == 0 or step == steps):
       print(f"sft: step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} "

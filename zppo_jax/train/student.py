@@ -77,9 +77,9 @@ class Student:
   def pack(self, parts: Sequence[Sequence], with_advantages: bool = True) -> dict[str, np.ndarray]:
     """Packs each mini-batch into the same bucketed number of rows; rows concatenated."""
     packed = [self._pack_part(p, None, with_advantages) for p in parts]
-    rows = _bucket(max(b.tokens.shape[0] for b in packed))
-    if self.config.rl.micro_batch_rows:
-      rows = max(rows, int(self.config.rl.micro_batch_rows))
+    rows = _bucket(max(b.tokens.shape[0] for b in packed),
+                   max(int(self.config.rl.min_rows_per_update),
+                       int(self.config.rl.micro_batch_rows)))
     packed = [self._pack_part(p, rows, with_advantages) for p in parts]
     return {k: np.concatenate([b.arrays()[k] for b in packed], axis=1 if k == "positions" else 0)
             for k in packed[0].arrays()}

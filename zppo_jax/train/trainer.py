@@ -298,6 +298,8 @@ class Trainer:
       print(f"train: resumed from step {self.step} in {ckpt.directory}", file=self.stream)
     elif self.eval_records:
       summary["eval_before"] = self.evaluate(0)
+      summary_path.parent.mkdir(parents=True, exist_ok=True)
+      summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
     writer = MetricsWriter(self.workdir, cfg.total_steps, start_step=self.step, stream=self.stream)
     preempted = False
     try:

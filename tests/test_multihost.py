@@ -1,0 +1,137 @@
+"""Multi-host correctness on one machine: 2 processes x 4 CPU devices (JAX distributed on localhost,
+gloo collectives) give the same learner updates as 1 process x 8 devices.
+
+Each run is a subprocess executing this file as a script (the device count must be fixed before
+JAX starts); the workers write their metrics and final parameters to .npz files.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROWS, LENGTH, UPDATES = 16, 16, 2
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 128, (ROWS, LENGTH)).astype(np.int32)
+  segment_ids = np.ones((ROWS, LENGTH), np.int32)
+  segment_ids[:, LENGTH // 2:] = 2
+  segment_ids[::3, -3:] = 0
+  pos = np.concatenate([np.arange(LENGTH // 2)] * 2)[None].repeat(ROWS, 0)
+  loss_mask = (segment_ids > 0).astype(np.float32)
+  loss_mask[:, :3] = 0
+  return dict(tokens=tokens, targets=np.roll(tokens, -1, axis=1), segment_ids=segment_ids,
+              positions=np.broadcast_to(pos, (3, ROWS, LENGTH)).astype(np.int32).copy(),
+              loss_mask=loss_mask,
+              advantages=(rng.normal(size=(ROWS, LENGTH)) * loss_mask).astype(np.float32))
+
+
+def worker(process_id: int, num_processes: int, port: int, out: str):
+  """One process: learner steps of the tiny model on a (data 1, fsdp 8) mesh."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from zppo_jax import distributed, parallel  # pylint: disable=import-outside-toplevel
+  if num_processes > 1:
+    distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id,
+                           cpu_collectives="gloo")
+  jax.config.update("jax_default_matmul_precision", "highest")
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from zppo_jax.models.qwen3_5 import Qwen3_5ForCausalLM  # pylint: disable=import-outside-toplevel
+  from zppo_jax.models.qwen3_5.config import tiny  # pylint: disable=import-outside-toplevel
+  from zppo_jax.train.learner import Learner, LearnerConfig  # pylint: disable=import-outside-toplevel
+
+  assert jax.device_count() == 8 and jax.local_device_count() == 8 // num_processes
+  mesh = parallel.make_mesh(data=1, fsdp=-1, tensor=1)
+  with parallel.use_rules(parallel.TRAIN_RULES):
+    model = parallel.create_sharded(lambda: Qwen3_5ForCausalLM(tiny(), rngs=nnx.Rngs(0)), mesh)
+  learner = Learner(model, LearnerConfig(num_updates=UPDATES, learning_rate=1e-2,
+                                         micro_batch_rows=8 // UPDATES * 2), mesh=mesh)
+  batch = _batch()
+  metrics = learner.train_step(batch) + learner.train_step(batch)
+  host = {f"m{i}_{k}": np.float64(v) for i, m in enumerate(metrics) for k, v in m.items()}
+  # Host-side reductions: each process contributes its own share.
+  share = distributed.shard_items(list(range(10)))
+  reduced = distributed.reduce_metrics({"reward": float(np.mean(share)), "num_rows": len(share),
+                                        "len_max": float(max(share))}, weight="num_rows")
+  host.update({f"reduced_{k}": v for k, v in reduced.items()})
+  params = distributed.to_host(learner.state.params)
+  flat = {"p_" + "/".join(map(str, path)): np.asarray(v.get_value() if hasattr(v, "get_value")
+                                                      else v)
+          for path, v in nnx.to_flat_state(params)}
+  if distributed.is_main():
+    np.savez(out, **host, **flat)
+  distributed.sync("done")
+
+
+def _run(num_processes: int, out_dir: pathlib.Path) -> dict:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // num_processes}")
+  out = out_dir / f"run{num_processes}.npz"
+  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(num_processes), str(port),
+                             str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(num_processes)]
+  logs = []
+  for p in procs:
+    try:
+      logs.append(p.communicate(timeout=240)[0].decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("multihost")
+  return _run(1, tmp), _run(2, tmp)
+
+
+def test_two_processes_match_one(runs):
+  single, multi = runs
+  assert sorted(single) == sorted(multi)
+  assert single["m0_num_tokens"] > 0
+  moved = 0.0
+  for k in single:
+    if k.startswith("reduced_"):
+      continue
+    np.testing.assert_allclose(multi[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for k in single:
+    if k.startswith("p_"):
+      moved = max(moved, float(np.abs(single[k]).max()))
+  assert moved > 0
+  assert single["m0_loss"] != single["m2_loss"]   # the parameters changed between steps
+
+
+def test_host_metric_reduction(runs):
+  single, multi = runs
+  for run in (single, multi):   # mean over 0..9 whatever the split; sums and maxima global
+    assert run["reduced_reward"] == pytest.approx(4.5)
+    assert run["reduced_num_rows"] == 10
+    assert run["reduced_len_max"] == 9
+
+
+def test_shard_items_and_owner_partition():
+  from zppo_jax import distributed  # pylint: disable=import-outside-toplevel
+  items = list(range(11))
+  parts = [distributed.shard_items(items, i, 3) for i in range(3)]
+  assert sorted(sum(parts, [])) == items and max(map(len, parts)) - min(map(len, parts)) <= 1
+  owners = [distributed.owner(f"q{i}", 4) for i in range(200)]
+  assert set(owners) == {0, 1, 2, 3} and owners == [distributed.owner(f"q{i}", 4)
+                                                    for i in range(200)]
+  with pytest.raises(ValueError, match="outside"):
+    distributed.shard_items(items, 3, 3)
+
+
+if __name__ == "__main__":
+  worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

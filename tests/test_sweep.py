@@ -1,0 +1,292 @@
+"""`zppo sweep`: expansion and naming, skip/resume, status, report, and the command line."""
+import csv
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from zppo_jax.sweep import hyper, main as sweep_main, runner, state as state_lib
+from zppo_jax.train import config as config_lib
+
+H = hyper.Hyper
+
+# A sweep over three methods of a 3-step run, with a swept key that shares its last part with
+# another (`seed`) and a fixed key that must stay out of the names.
+CONFIG = '''
+from zppo_jax.train.config import base_config
+
+
+def get_config(arg=""):
+  c = base_config()
+  c.name = "toy"
+  c.total_steps = 3
+  return c
+
+
+def get_hyper(h):
+  return h.chainit([
+      h.product([h.sweep("config.method", ["grpo", "zppo", "hint"]),
+                 h.fixed("config.rl.tau", 0.5)]),
+      h.product([h.sweep("config.rl.inner_updates", [1, 4])]),
+  ])
+'''
+
+
+@pytest.fixture
+def toy(tmp_path):
+  path = tmp_path / "toy.py"
+  path.write_text(CONFIG)
+  return runner.make_plan(str(path), root=str(tmp_path / "runs"))
+
+
+def write_rows(workdir, steps, reward=0.5):
+  workdir.mkdir(parents=True, exist_ok=True)
+  with (workdir / "metrics.jsonl").open("a") as f:
+    for s in steps:
+      f.write(json.dumps({"step": s, "reward/plain": reward + 0.1 * s, "buffer/size": s,
+                          "buffer/admitted_total": 2 * s, "buffer/graduated_total": s,
+                          "time_step": 1.0}) + "\n")
+
+
+class FakeTrain:
+  """Records calls and continues the metrics from the last step, as a resumed run does."""
+
+  def __init__(self, code=0, stop_at=None, fail=()):
+    self.calls, self.code, self.stop_at, self.fail = [], code, stop_at, set(fail)
+
+  def __call__(self, plan, variant, log):
+    workdir = plan.workdir(variant)
+    start = state_lib.run_status(workdir, plan.total_steps[variant.name]).step
+    self.calls.append((variant.name, start, variant.overrides()))
+    if variant.name in self.fail:
+      raise RuntimeError("boom")
+    end = self.stop_at or plan.total_steps[variant.name]
+    write_rows(workdir, range(start + 1, end + 1))
+    return self.code
+
+
+# --- expansion and naming ---
+
+def test_helpers_product_zipit_chainit():
+  p = H.product([H.sweep("config.a", [1, 2]), H.sweep("config.b", ["x", "y"])])
+  assert p == [{"config.a": 1, "config.b": "x"}, {"config.a": 1, "config.b": "y"},
+               {"config.a": 2, "config.b": "x"}, {"config.a": 2, "config.b": "y"}]
+  assert H.zipit([H.sweep("config.a", [1, 2]), H.sweep("config.b", [3, 4])]) == [
+      {"config.a": 1, "config.b": 3}, {"config.a": 2, "config.b": 4}]
+  assert H.chainit([H.sweep("config.a", [1]), H.sweep("config.b", [2])]) == [
+      {"config.a": 1}, {"config.b": 2}]
+  with pytest.raises(ValueError, match="equal length"):
+    H.zipit([H.sweep("config.a", [1, 2]), H.sweep("config.b", [3])])
+  with pytest.raises(ValueError, match="config.a"):
+    H.product([H.sweep("config.a", [1]), H.sweep("config.a", [2])])
+  with pytest.raises(ValueError, match="'a'"):
+    H.sweep("a", [1])
+
+
+def test_names_use_aliases_suffixes_and_leave_fixed_keys_out():
+  points = H.product([H.sweep("config.method", ["grpo", "zppo"]),
+                      H.sweep("config.rl.inner_updates", [1, 16]),
+                      H.sweep("config.teacher.checkpoint", ["/ckpt/Qwen3.5-9B", "Qwen/Qwen3.5-27B"]),
+                      H.sweep("config.data.seed_x", [0, 1]),
+                      H.sweep("config.rl.seed_x", [0, 1]),
+                      H.fixed("config.rl.tau", 0.3)])
+  variants = hyper.make_variants(points)
+  assert len(variants) == 32 and len({v.name for v in variants}) == 32
+  assert variants[0].name == "method=grpo,I=1,teacher=Qwen3.5-9B,data.seed_x=0,rl.seed_x=0"
+  assert variants[-1].overrides()[:2] == ["--config.method=zppo", "--config.rl.inner_updates=16"]
+  assert "--config.rl.tau=0.3" in variants[0].overrides()
+  assert all("tau" not in v.name for v in variants)
+
+
+def test_names_in_a_chain_of_ablations_and_clashes():
+  variants = hyper.make_variants(H.chainit([H.sweep("config.method", ["grpo", "zppo"]),
+                                            H.sweep("config.rl.adv_norm", ["none"])]))
+  assert [v.name for v in variants] == ["method=grpo", "method=zppo", "norm=none"]
+  # The same point twice is one variant; two points that name alike are an error.
+  assert len(hyper.make_variants(H.chainit([H.sweep("config.seed", [1])] * 2))) == 1
+  with pytest.raises(ValueError, match="both get the name"):
+    hyper.make_variants([{"config.x": "a/b"}, {"config.x": "c/b"}])
+
+
+def test_select():
+  variants = hyper.make_variants(H.product([H.sweep("config.method", ["grpo", "grpo_both", "zppo"]),
+                                            H.sweep("config.rl.inner_updates", [1, 4])]))
+  pick = lambda p: [v.name for v in hyper.select(variants, p)]  # noqa: E731
+  assert pick("method=grpo") == ["method=grpo,I=1", "method=grpo,I=4"]
+  assert pick("method=grpo*,I=4") == ["method=grpo,I=4", "method=grpo_both,I=4"]
+  assert pick("I=1|method=zppo,I=4") == ["method=grpo,I=1", "method=grpo_both,I=1",
+                                         "method=zppo,I=1", "method=zppo,I=4"]
+  assert pick("method=ppo") == [] and len(pick(None)) == 6
+
+
+def test_demo_plan_has_every_method():
+  plan = runner.make_plan("configs/demo.py", ["--config.total_steps=5"])
+  assert {v.point["config.method"] for v in plan.variants} == set(config_lib.METHODS)
+  assert all(v.name == "method=" + v.point["config.method"] for v in plan.variants)
+  assert plan.root == pathlib.Path("runs/demo")
+  assert plan.workdir(plan.variants[0]) == pathlib.Path("runs/demo") / plan.variants[0].name
+  assert set(plan.total_steps.values()) == {5}
+  assert not any(v.same_as for v in plan.variants)
+
+
+def test_paper_plan_shares_the_baseline_workdir():
+  plan = runner.make_plan("configs/qwen3_5_2b_zppo.py")
+  by_name = {v.name: v for v in plan.variants}
+  assert {"I=1", "I=8", "I=16", "norm=with_zero", "norm=none", "method=zppo"} <= set(by_name)
+  # I=4 and norm=without_zero are the defaults: the same run as method=zppo.
+  assert by_name["I=4"].same_as == by_name["norm=without_zero"].same_as == "method=zppo"
+  assert plan.workdir(by_name["I=4"]) == plan.workdir(by_name["method=zppo"])
+  assert by_name["I=8"].same_as is None
+
+
+def test_overriding_a_swept_key_is_an_error(toy):
+  with pytest.raises(ValueError, match="config.method is swept"):
+    runner.make_plan(toy.config_path, ["--config.method=grpo"])
+  with pytest.raises(ValueError, match="no_such"):
+    runner.make_plan(toy.config_path, ["--config.no_such=1"])
+
+
+# --- skip, resume, states ---
+
+def test_finished_is_skipped_and_half_finished_resumes(toy):
+  names = [v.name for v in toy.variants]
+  assert names == ["method=grpo", "method=zppo", "method=hint", "I=1", "I=4"]
+  by_name = {v.name: v for v in toy.variants}
+  write_rows(toy.workdir(by_name["method=grpo"]), [1, 2, 3])  # finished
+  write_rows(toy.workdir(by_name["method=zppo"]), [1])        # half-finished
+  assert toy.status(by_name["method=zppo"]).state == "stopped"
+  train = FakeTrain()
+  outcomes = runner.run_local(toy, toy.variants, train=train, log=io.StringIO())
+  assert [(name, start) for name, start, _ in train.calls] == [
+      ("method=zppo", 1), ("method=hint", 0), ("I=1", 0)]
+  assert by_name["I=4"].same_as == "method=zppo"  # zppo with inner_updates=4 is the default.
+  assert outcomes == {"method=grpo": "skipped", "method=zppo": "finished",
+                      "method=hint": "finished", "I=1": "finished", "I=4": "skipped"}
+  for v in toy.variants:
+    s = toy.status(v)
+    assert (s.state, s.step) == ("finished", 3)
+    assert s.reward == pytest.approx(0.8)
+  assert json.loads((toy.workdir(by_name["I=1"]) / "sweep_state.json").read_text())[
+      "exit_code"] == 0
+  # A second call trains nothing.
+  again = FakeTrain()
+  runner.run_local(toy, toy.variants, train=again, log=io.StringIO())
+  assert again.calls == []
+
+
+def test_failed_and_stopped_runs(toy):
+  v = toy.variants
+  out = runner.run_local(toy, v[:2], train=FakeTrain(code=3, stop_at=1), log=io.StringIO())
+  assert out == {"method=grpo": "failed", "method=zppo": "failed"}
+  assert toy.status(v[0]).exit_code == 3 and "exit code 3" in toy.status(v[0]).detail
+  # An exception in one variant is recorded and the sweep goes on.
+  out = runner.run_local(toy, v[:3], train=FakeTrain(fail={"method=zppo"}), log=io.StringIO())
+  assert out == {"method=grpo": "finished", "method=zppo": "failed", "method=hint": "finished"}
+  assert "boom" in toy.status(v[1]).detail
+  # Exit 0 short of total_steps (the trainer after SIGTERM): stopped, resumed next time.
+  out = runner.run_local(toy, [v[3]], train=FakeTrain(stop_at=2), log=io.StringIO())
+  assert out == {"I=1": "stopped"} and toy.status(v[3]).step == 2
+  train = FakeTrain()
+  runner.run_local(toy, [v[3]], train=train, log=io.StringIO())
+  assert train.calls[0][:2] == ("I=1", 2) and toy.status(v[3]).state == "finished"
+
+
+def test_running_state_from_the_pid(toy):
+  v = toy.variants[0]
+  workdir = toy.workdir(v)
+  state_lib.write_state(workdir, state="running", pid=os.getpid())
+  assert toy.status(v).state == "running"
+  train = FakeTrain()
+  assert runner.run_local(toy, [v], train=train, log=io.StringIO()) == {v.name: "skipped"}
+  assert train.calls == []
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  state_lib.write_state(workdir, state="running", pid=dead.pid)
+  assert toy.status(v).state == "failed" and "died" in toy.status(v).detail
+  state_lib.write_state(workdir, state="running", pid=dead.pid, host="elsewhere")
+  assert toy.status(v).state == "running"
+
+
+def test_a_torn_metrics_line_is_ignored(tmp_path):
+  write_rows(tmp_path, [1, 2])
+  with (tmp_path / "metrics.jsonl").open("a") as f:
+    f.write('{"step": 3, "rew')
+  assert state_lib.run_status(tmp_path, 3).step == 2
+
+
+# --- report ---
+
+def test_report_from_fabricated_workdirs(toy):
+  from zppo_jax.sweep import report
+  by_name = {v.name: v for v in toy.variants}
+  write_rows(toy.workdir(by_name["method=grpo"]), [1, 2, 3], reward=0.1)
+  write_rows(toy.workdir(by_name["method=zppo"]), [1, 2, 3], reward=0.3)
+  write_rows(toy.workdir(by_name["I=1"]), [1], reward=0.2)
+  (toy.workdir(by_name["method=zppo"]) / "summary.json").write_text(json.dumps(
+      {"eval_before": {"eval/accuracy": 0.25}, "eval_after": {"eval/accuracy": 0.5}}))
+  eval_dir = toy.workdir(by_name["method=zppo"]) / "eval"
+  eval_dir.mkdir()
+  (eval_dir / "report.json").write_text(json.dumps({"families": {
+      "llm": {"accuracy": 41.5, "benchmarks": 10, "expected": 10},
+      "vlm": {"accuracy": 55.0, "benchmarks": 3, "expected": 16}}}))
+  out = report.write_report(toy, toy.variants)
+  rows = list(csv.DictReader((toy.root / "sweep_report.csv").open()))
+  got = {r["variant"]: r for r in rows}
+  assert list(got) == [v.name for v in toy.variants]
+  assert float(got["method=zppo"]["reward"]) == pytest.approx(0.6)
+  assert float(got["method=grpo"]["reward"]) == pytest.approx(0.4)
+  assert float(got["method=zppo"]["eval_llm"]) == pytest.approx(41.5)
+  assert got["method=zppo"]["eval_vlm_partial"] == "True"
+  assert got["method=grpo"]["eval_llm"] == ""
+  assert float(got["method=zppo"]["heldout_after"]) == pytest.approx(0.5)
+  assert got["method=grpo"]["method"] == "grpo" and got["I=1"]["I"] == "1"
+  assert (got["I=1"]["state"], got["I=1"]["step"]) == ("stopped", "1")
+  assert (got["method=hint"]["state"], got["method=hint"]["reward"]) == ("not started", "")
+  assert got["I=4"]["same_as"] == "method=zppo" and got["I=4"]["reward"] == got["method=zppo"][
+      "reward"]
+  md = (toy.root / "sweep_report.md").read_text()
+  assert "| method=zppo |" in md and "55*" in md and out["markdown"] in md
+  names = {p.name for p in out["paths"]}
+  assert {"rewards.png", "by_method.png", "by_I.png", "graduations.png"} <= names
+  for p in out["paths"]:
+    assert p.exists() and (p.suffix != ".png" or p.read_bytes()[:4] == b"\x89PNG")
+
+
+# --- the command line ---
+
+def test_cli_dry_run_status_and_errors(toy, capsys):
+  from zppo_jax import cli
+  args = [f"--config={toy.config_path}", f"--workdir={toy.root}"]
+  assert cli.main(["sweep", *args, "--dry-run", "--only=method=zppo|I=4",
+                   "--config.total_steps=7"]) == 0
+  out = capsys.readouterr().out
+  assert "2 of 5 variants" in out and "same config as method=zppo" in out
+  assert f"--workdir={toy.root}/method=zppo --config.total_steps=7 --config.method=zppo" in out
+  write_rows(toy.workdir(toy.variants[0]), [1, 2, 3])
+  assert sweep_main.main(["status", *args]) == 0
+  out = capsys.readouterr().out
+  assert "method=grpo" in out and "finished" in out and "3/3" in out and "not started" in out
+  assert sweep_main.main([*args, "--only=method=ppo"]) == 2
+  assert "matches none" in capsys.readouterr().err
+  assert sweep_main.main([*args, "--bogus"]) == 2
+  assert sweep_main.main([*args, "--launcher=tpu", "--dry-run"]) == 2
+  assert "--project" in capsys.readouterr().err
+
+
+def test_tpu_commands_are_accepted_by_the_launcher(toy, capsys):
+  tpu = ["--project=p", "--zone=z", "--accelerator-type=v5p-8", "--name=sl", "--max-restarts=2"]
+  args = [f"--config={toy.config_path}", f"--workdir={toy.root}", "--launcher=tpu", *tpu]
+  assert sweep_main.main([*args, "--dry-run", "--only=method=zppo", "--create"]) == 0
+  line = capsys.readouterr().out.splitlines()[-1].split()
+  assert line[0].endswith("launch/tpu_run.sh") and "sl-1" in line and "--create" in line
+  assert line[line.index("--") + 1:] == ["--config.method=zppo", "--config.rl.tau=0.5"]
+  # The script itself parses these flags (its own --dry-run only prints).
+  command = runner.tpu_command(toy, toy.variants[1], {k.split("=")[0][2:]: k.split("=")[1]
+                                                      for k in tpu})
+  done = subprocess.run(["bash", command[0], "--dry-run", *command[1:]], capture_output=True,
+                        text=True, check=True)
+  assert "sl-1" in done.stdout and "--config.method=zppo" in done.stdout

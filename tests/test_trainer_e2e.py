@@ -1,0 +1,144 @@
+"""The step loop on the real tiny Qwen3.5 (sampler, learner, teacher), end to end on CPU.
+
+One module-scoped demo cache (tokenizer, warm-started student and teacher of one shape) is shared,
+so the sampler, learner and teacher programs compile once for the whole file. Resume after SIGKILL
+and SIGTERM run `zppo train` in subprocesses.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from zppo_jax.train import demo, run
+from zppo_jax.train.config import load_config
+from zppo_jax.train.metrics import read_metrics
+from zppo_jax.train.trainer import TrainSequence
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE = str(ROOT / ".jax_cache")
+
+
+def tiny_overrides(cache_dir, method="zppo", steps=1):
+  return [f"--config.method={method}", f"--config.total_steps={steps}",
+          f"--config.demo.cache_dir={cache_dir}", f"--config.compilation_cache_dir={CACHE}",
+          "--config.async_checkpointing=False"]
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+  cache = tmp_path_factory.mktemp("demo_cache")
+  config = load_config("configs/demo.py:tiny", tiny_overrides(cache))
+  demo.prepare(config, stream=open(os.devnull, "w"))
+  return cache
+
+
+@pytest.fixture(scope="module")
+def trainer_factory(demo_cache, tmp_path_factory):
+  """Builds trainers that share one student/teacher pair (their compiled programs included)."""
+  shared = {}
+
+  def make(method, steps=1):
+    config = load_config("configs/demo.py:tiny", tiny_overrides(demo_cache, method, steps))
+    demo.prepare(config, stream=open(os.devnull, "w"))
+    workdir = tmp_path_factory.mktemp(method)
+    if not shared:
+      trainer, close = run.build_trainer(config, workdir, stream=open(os.devnull, "w"))
+      shared.update(student=trainer.student, teacher=trainer.teacher, tokenizer=trainer.tokenizer,
+                    grader=trainer.grader, prompts=trainer.prompts, close=close, state=None)
+      shared["state"] = trainer.student.state()
+      return trainer
+    from zppo_jax.train.trainer import Trainer
+    shared["student"].load_state(shared["state"])  # Every method starts from the same weights.
+    return Trainer(config, workdir, student=shared["student"], teacher=shared["teacher"],
+                   tokenizer=shared["tokenizer"], prompts=shared["prompts"],
+                   grader=shared["grader"], stop_ids=sorted(trainer_stop(shared["tokenizer"])),
+                   stream=open(os.devnull, "w"))
+
+  yield make
+  if shared:
+    shared["close"]()
+
+
+def trainer_stop(tok):
+  return {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+
+
+@pytest.mark.parametrize("method", ["zppo", "grpo", "hint", "prefix", "off_distill",
+                                    "on_distill"])
+def test_methods_on_the_tiny_model(trainer_factory, method):
+  trainer = trainer_factory(method)
+  summary = trainer.train()
+  rows = read_metrics(trainer.workdir)
+  assert [r["step"] for r in rows] == [1] and summary["step"] == 1
+  row = rows[0]
+  assert row["groups/plain"] == row["batch/new"] + row["batch/replay"]
+  if method.endswith("distill"):
+    assert "distill/sequences" in row
+  else:
+    assert np.isfinite(row["update/loss"]) and row["update/skipped"] == 0
+    assert row["update/num_tokens"] > 0
+
+
+def test_non_finite_update_is_skipped(trainer_factory):
+  trainer = trainer_factory("grpo")
+  student = trainer.student
+  before = [np.asarray(x) for x in _leaves(student.state().params)]
+  seq = TrainSequence([1, 2, 3], [4, 5], [-1.0, -1.0], float("nan"))
+  metrics = student.train_step([[seq], [seq]])
+  assert [m["skipped"] for m in metrics] == [1.0, 1.0]
+  after = [np.asarray(x) for x in _leaves(student.state().params)]
+  assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def _leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
+
+
+def _train_cmd(workdir, cache_dir, steps):
+  return [sys.executable, "-m", "zppo_jax.cli", "train", "--config=configs/demo.py:tiny",
+          f"--workdir={workdir}", *tiny_overrides(cache_dir, "zppo", steps),
+          "--config.checkpoint_every=1"]
+
+
+def _deterministic(rows):
+  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+
+
+def test_resume_after_sigkill_is_exact_and_sigterm_saves(demo_cache, tmp_path):
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  subprocess.run(_train_cmd(full, demo_cache, 3), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True)
+  proc = subprocess.Popen(_train_cmd(killed, demo_cache, 3), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while proc.poll() is None and len(read_metrics(killed)) < 1:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode != 0 and len(read_metrics(killed)) < 3
+  resumed = subprocess.run(_train_cmd(killed, demo_cache, 3), cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, check=True)
+  assert "resumed from step" in resumed.stderr
+  assert _deterministic(read_metrics(killed)) == _deterministic(read_metrics(full))
+
+  # SIGTERM: the run saves the step it is in and exits cleanly.
+  term = tmp_path / "term"
+  proc = subprocess.Popen(_train_cmd(term, demo_cache, 50), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  while proc.poll() is None and len(read_metrics(term)) < 1:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  assert "SIGTERM received" in err
+  saved = sorted(int(p.name) for p in (term / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == len(read_metrics(term))

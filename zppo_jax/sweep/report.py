@@ -1,0 +1,229 @@
+"""`zppo sweep report`: the variants of a sweep side by side.
+
+Writes into the sweep's root directory:
+- `sweep_report.md` and `sweep_report.csv`: one row per variant with its swept values, state, final
+  training metrics (from `metrics.jsonl` and `summary.json`) and, where the variant's workdir holds
+  an evaluation (`WORKDIR/eval/report.json`, or `WORKDIR/*/report.json`, as written by
+  `zppo eval --out`), the family averages.
+- `plots/rewards.png`: `reward/plain` over steps, one curve per variant (and held-out accuracy).
+- `plots/by_<key>.png`: the final reward (and held-out accuracy) per value of each swept key, e.g.
+  the paper's inner-iteration (I) and normalisation sweeps.
+- `plots/graduations.png`: replay-buffer admissions and graduations per variant (by method).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+
+from zppo_jax.sweep import hyper, state as state_lib
+from zppo_jax.sweep.runner import Plan
+
+# Metrics columns: (column, metrics key, how) with how = "last" (final value) or "tail" (mean over
+# the last tenth of the steps, at least one step: smoother than one noisy step).
+METRICS = (
+    ("reward", state_lib.REWARD_KEY, "last"),
+    ("reward_tail", state_lib.REWARD_KEY, "tail"),
+    ("eval_accuracy", "eval/accuracy", "last"),
+    ("buffer_size", "buffer/size", "last"),
+    ("admitted", "buffer/admitted_total", "last"),
+    ("graduated", "buffer/graduated_total", "last"),
+    ("loss", "update/loss", "tail"),
+    ("sec_per_step", "time_step", "tail"),
+)
+FAMILIES = ("llm", "vlm", "video")
+
+
+def _tail_mean(rows: list[dict], key: str) -> float | None:
+  values = [v for v in (state_lib.number(r.get(key)) for r in rows) if v is not None]
+  if not values:
+    return None
+  n = max(1, len(values) // 10)
+  return sum(values[-n:]) / n
+
+
+def find_eval_report(workdir: pathlib.Path) -> pathlib.Path | None:
+  """`WORKDIR/eval/report.json`, else the first `WORKDIR/*/report.json`, else None."""
+  preferred = workdir / "eval" / "report.json"
+  if preferred.exists():
+    return preferred
+  found = sorted(workdir.glob("*/report.json"))
+  return found[0] if found else None
+
+
+def variant_row(plan: Plan, variant: hyper.Variant) -> dict:
+  """One report row: name, swept values, state, final metrics and evaluation family averages."""
+  workdir = plan.workdir(variant)
+  rows = state_lib.read_rows(workdir)
+  status = plan.status(variant)
+  row: dict = {"variant": variant.name}
+  for key in variant.swept:
+    row[hyper.short_key(key, variant.swept)] = variant.label(key)
+  row.update(state=status.state, step=status.step, total_steps=status.total_steps)
+  for column, key, how in METRICS:
+    row[column] = state_lib.last_value(rows, key) if how == "last" else _tail_mean(rows, key)
+  summary_path = workdir / "summary.json"
+  if summary_path.exists():
+    summary = json.loads(summary_path.read_text())
+    for when in ("before", "after"):
+      value = summary.get(f"eval_{when}", {}).get("eval/accuracy")
+      if value is not None:
+        row[f"heldout_{when}"] = float(value)
+  report = find_eval_report(workdir)
+  if report is not None:
+    families = json.loads(report.read_text()).get("families", {})
+    for family in FAMILIES:
+      if family in families:
+        f = families[family]
+        row[f"eval_{family}"] = float(f["accuracy"])
+        row[f"eval_{family}_partial"] = f.get("benchmarks", 0) < f.get("expected", 0)
+  if variant.same_as:
+    row["same_as"] = variant.same_as
+  return row
+
+
+def _columns(rows: list[dict]) -> list[str]:
+  """The union of row keys in first-seen order, without columns that are empty in every row."""
+  columns: list[str] = []
+  for row in rows:
+    columns.extend(k for k in row if k not in columns)
+  return [c for c in columns if any(r.get(c) is not None for r in rows)
+          and not c.endswith("_partial")]
+
+
+def _cell(value, partial: bool = False) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, float):
+    text = f"{value:.4g}"
+  else:
+    text = str(value)
+  return text + ("*" if partial else "")
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """The rows as a markdown table; a partial evaluation family average is starred."""
+  columns = _columns(rows)
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + "|".join("---:" if any(isinstance(r.get(c), (int, float)) for r in rows)
+                          and c not in ("variant", "state") else "---" for c in columns) + "|"]
+  for r in rows:
+    lines.append("| " + " | ".join(_cell(r.get(c), bool(r.get(c + "_partial")))
+                                   for c in columns) + " |")
+  if any(r.get(c) for r in rows for c in r if c.endswith("_partial")):
+    lines.append("\n\\* partial: some benchmarks of the family were not evaluated.")
+  return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+  columns = _columns(rows) + sorted({c for r in rows for c in r if c.endswith("_partial")})
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({c: r.get(c, "") if r.get(c) is not None else "" for c in columns})
+  return buf.getvalue()
+
+
+def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
+                out_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The comparison figures (see the module docstring); returns the paths written."""
+  import matplotlib  # Only the report needs it.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+
+  def save(fig, name):
+    path = out_dir / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+  # Reward curves: one per distinct workdir (variants sharing one are named together).
+  by_run: dict[str, list[str]] = {}
+  for v in variants:
+    by_run.setdefault(v.run_name, []).append(v.name)
+  curves = {run: state_lib.read_rows(plan.root / run) for run in by_run}
+  has_eval = any(r.get("eval/accuracy") is not None for rs in curves.values() for r in rs)
+  fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(12 if has_eval else 7, 4.5),
+                           squeeze=False)
+  for run, names in by_run.items():
+    for ax, key in zip(axes[0], (state_lib.REWARD_KEY, "eval/accuracy")):
+      pts = [(r["step"], state_lib.number(r.get(key))) for r in curves[run]]
+      pts = [p for p in pts if p[1] is not None]
+      if pts:
+        ax.plot(*zip(*pts), marker=".", label=" = ".join(names))
+  axes[0][0].set(xlabel="step", ylabel="mean reward (plain prompts)", title="Reward per variant")
+  if has_eval:
+    axes[0][1].set(xlabel="step", ylabel="held-out accuracy", title="Held-out accuracy")
+  axes[0][0].legend(fontsize=7)
+  save(fig, "rewards.png")
+
+  # Final metric per swept value: one figure per swept key, bars grouped by the other keys.
+  swept = variants[0].swept if variants else ()
+  for key in swept:
+    alias = hyper.short_key(key, swept)
+    members = [(v, r) for v, r in zip(variants, rows) if key in v.point]
+    values = list(dict.fromkeys(v.label(key) for v, _ in members))
+    if len(values) < 2:
+      continue
+    metrics = [m for m in ("reward_tail", "heldout_after", "eval_llm", "eval_vlm")
+               if any(r.get(m) is not None for _, r in members)]
+    if not metrics:
+      continue
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(5, 0.6 * len(values) + 2) * len(metrics),
+                                                       4), squeeze=False)
+    groups = list(dict.fromkeys(_others(v, key) for v, _ in members))
+    width = 0.8 / len(groups)
+    for ax, metric in zip(axes[0], metrics):
+      for g, group in enumerate(groups):
+        heights = []
+        for value in values:
+          hit = [r.get(metric) for v, r in members if v.label(key) == value
+                 and _others(v, key) == group]
+          heights.append(hit[0] if hit and hit[0] is not None else 0.0)
+        xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(values))]
+        ax.bar(xs, heights, width, label=group or None)
+      ax.set_xticks(range(len(values)), values, rotation=30 if len(values) > 4 else 0,
+                    ha="right" if len(values) > 4 else "center", fontsize=8)
+      ax.set(xlabel=alias, ylabel=metric, title=f"{metric} by {alias}")
+      if any(groups):
+        ax.legend(fontsize=7)
+    save(fig, f"by_{alias.replace('.', '_')}.png")
+
+  # Replay-buffer graduations per variant (the method comparison of the paper).
+  grads = [(v.name, r) for v, r in zip(variants, rows) if r.get("admitted") is not None]
+  if grads:
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(grads) + 2), 4))
+    xs = range(len(grads))
+    ax.bar([x - 0.2 for x in xs], [r["admitted"] for _, r in grads], 0.4, label="admitted")
+    ax.bar([x + 0.2 for x in xs], [r.get("graduated") or 0.0 for _, r in grads], 0.4,
+           label="graduated")
+    ax.set_xticks(list(xs), [n for n, _ in grads], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="questions (cumulative)", title="Replay buffer: admitted and graduated")
+    ax.legend(fontsize=8)
+    save(fig, "graduations.png")
+  return written
+
+
+def _others(variant: hyper.Variant, key: str) -> str:
+  """The variant's name without `key`: what else distinguishes it within a by-key plot."""
+  alias = hyper.short_key(key, variant.swept)
+  return ",".join(p for p in variant.name.split(",") if not p.startswith(alias + "="))
+
+
+def write_report(plan: Plan, variants: list[hyper.Variant], plots: bool = True) -> dict:
+  """Writes the tables (and plots) into the sweep root; returns {"rows", "markdown", "paths"}."""
+  rows = [variant_row(plan, v) for v in variants]
+  plan.root.mkdir(parents=True, exist_ok=True)
+  md = markdown_table(rows)
+  paths = [plan.root / "sweep_report.md", plan.root / "sweep_report.csv"]
+  paths[0].write_text(f"# Sweep {plan.config_path}\n\n{md}\n")
+  paths[1].write_text(csv_table(rows))
+  if plots:
+    paths += write_plots(plan, variants, rows, plan.root / "plots")
+  return {"rows": rows, "markdown": md, "paths": paths}
