@@ -3,7 +3,7 @@
 A synthetic ZPPO-77K-like dataset is written to a temp dir: `--records` records, each one JPEG of
 `--width` x `--height` (the typical chart/diagram size) and a question of ~60 words. Three figures:
 
-1. raw: Grain random access + `records.deserialize` only (the I/O and parsing floor);
+1. raw: random access + `records.deserialize`, one thread, shuffled order (I/O + parsing);
 2. full, in process: + image decode, resize to the paper's pixel budget ([256, 1280] x 32 x 32),
    patchify, chat template, placeholder expansion and tokenisation (the demo tokenizer with the
    Qwen vision tokens; a real Qwen3.5 tokenizer is similar per token);
@@ -48,12 +48,31 @@ def make_dataset(root: pathlib.Path, n: int, width: int, height: int) -> None:
   tfds_source.write_metadata(directory, "bench", {"train": lengths}, "bench")
 
 
-def rate(batches, batch_size: int) -> float:
+def rate(batches) -> float:
   next(batches)                                   # warm-up (worker start, caches)
   start, n = time.perf_counter(), 0
   for batch in batches:
     n += len(batch)
   return n / (time.perf_counter() - start)
+
+
+def stage_ms(source, tok, n: int) -> dict:
+  """Median milliseconds per record of each preprocessing stage (where the time goes)."""
+  from zppo_jax.data import vision
+  from zppo_jax.data.pipeline import Preprocessor
+  pre, times = Preprocessor(tok), {"decode": [], "resize+patchify": [], "tokenise": []}
+  for i in range(n):
+    record = records.deserialize(source[i])
+    t0 = time.perf_counter()
+    image = vision.load_image(record["images"][0])
+    t1 = time.perf_counter()
+    pixels = vision.preprocess_images([image])
+    t2 = time.perf_counter()
+    pre.encode(record["question"], pixels["image_grid_thw"], 1, record["id"])
+    t3 = time.perf_counter()
+    for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+      times[k].append(1e3 * dt)
+  return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> None:
@@ -72,16 +91,23 @@ def main() -> None:
     tok.add_tokens(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"], special_tokens=True)
 
     source = tfds_source.grain_source(root)
-    ds = grain.MapDataset.source(source).seed(0).shuffle().map(records.deserialize)
-    raw = rate(iter(ds.batch(args.batch, batch_fn=list).to_iter_dataset()), args.batch)
+    order = np.random.default_rng(0).permutation(len(source))
+    start = time.perf_counter()
+    for _ in range(3):
+      for i in order:
+        records.deserialize(source[int(i)])
+    raw = 3 * len(order) / (time.perf_counter() - start)
     print(f"raw read + deserialize: {raw:.0f} records/s")
+
+    stages = stage_ms(source, tok, 16)
+    print("per record, in process: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items()))
 
     one = grain.sharding.ShardOptions(0, 1)
     results = {}
     for workers in (0, args.workers):
       cfg = PipelineConfig(seed=0, num_epochs=1, batch_size=args.batch, num_workers=workers,
                            num_threads=2)
-      results[workers] = rate(Pipeline(root, tok, cfg, shard=one).iterator(), args.batch)
+      results[workers] = rate(Pipeline(root, tok, cfg, shard=one).iterator())
       print(f"full preprocessing, {workers} worker processes: {results[workers]:.1f} records/s")
   print(f"data_pipeline: {results[args.workers]:.1f} records/s per host with {args.workers} "
         f"workers ({results[0]:.1f} in process, raw read {raw:.0f}); "

@@ -3,7 +3,8 @@
 Builds the bench-small model (shared/BENCH.md) in transformers from a seed, saves it, loads it with
 our loader, and times a batch 4 x 512 forward pass (logits included) of both in the same process
 with the same thread count: warm-ups first, then the median of repeats, alternating the two so
-that a noisy neighbour hurts both alike. Also reports the fraction of the CPU's own f32 matmul
+that a noisy neighbour hurts both alike. For context on a shared machine it also prints the ratio
+of the fastest runs, the median of per-repeat paired ratios and the CPU time per forward. Also reports the fraction of the CPU's own f32 matmul
 FLOP/s (a 2048 x 2048 `jnp.dot`, measured in the same run) that the model's FLOPs reach.
 
 Run: python bench/forward.py [--batch 4] [--length 512] [--repeats 5]
@@ -116,12 +117,13 @@ def main():
   for _ in range(args.warmups):
     run_ours()
     run_reference()
-  ours_times, ref_times = [], []
+  ours_times, ref_times, ours_cpu, ref_cpu = [], [], [], []
   for _ in range(args.repeats):
-    for fn, times in ((run_ours, ours_times), (run_reference, ref_times)):
-      start = time.perf_counter()
+    for fn, times, cpu in ((run_ours, ours_times, ours_cpu), (run_reference, ref_times, ref_cpu)):
+      start, start_cpu = time.perf_counter(), time.process_time()
       fn()
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
   peak = matmul_flops_per_second()
   tokens = args.batch * args.length
   flops = model_flops(cfg, args.batch, args.length)
@@ -134,6 +136,14 @@ def main():
   for name, seconds, times in (("ours", ours_s, ours_times), ("transformers", ref_s, ref_times)):
     print(f"{name}: median {seconds * 1e3:.0f} ms (runs {', '.join(f'{t:.2f}' for t in times)} s)"
           f", {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / peak:.2f} of matmul peak")
+  paired = statistics.median(r / o for o, r in zip(ours_times, ref_times))
+  print(f"context: fastest runs ours {min(ours_times):.2f} s, transformers {min(ref_times):.2f} s "
+        f"(ratio {min(ref_times) / min(ours_times):.2f}); median of per-repeat paired ratios "
+        f"{paired:.2f}")
+  # CPU seconds used per forward (all threads) hardly depend on neighbours' load.
+  print(f"context: CPU time per forward (median) ours {statistics.median(ours_cpu):.2f} s, "
+        f"transformers {statistics.median(ref_cpu):.2f} s (ratio "
+        f"{statistics.median(ref_cpu) / statistics.median(ours_cpu):.2f})")
   print(f"forward: ours {tokens / ours_s:.0f} tok/s, transformers {tokens / ref_s:.0f} tok/s, "
         f"ratio {ref_s / ours_s:.2f}")
 

@@ -29,7 +29,9 @@ def _batch():
   return dict(tokens=tokens, targets=np.roll(tokens, -1, axis=1), segment_ids=segment_ids,
               positions=np.broadcast_to(pos, (3, ROWS, LENGTH)).astype(np.int32).copy(),
               loss_mask=loss_mask,
-              advantages=(rng.normal(size=(ROWS, LENGTH)) * loss_mask).astype(np.float32))
+              advantages=(rng.normal(size=(ROWS, LENGTH)) * loss_mask).astype(np.float32),
+              sampler_logprobs=(-rng.uniform(0.5, 5.0, (ROWS, LENGTH)) * loss_mask
+                                ).astype(np.float32))
 
 
 def worker(process_id: int, num_processes: int, port: int, out: str):
@@ -40,6 +42,8 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
     distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id,
                            cpu_collectives="gloo")
   jax.config.update("jax_default_matmul_precision", "highest")
+  jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from zppo_jax.models.qwen3_5 import Qwen3_5ForCausalLM  # pylint: disable=import-outside-toplevel
   from zppo_jax.models.qwen3_5.config import tiny  # pylint: disable=import-outside-toplevel
@@ -49,8 +53,9 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   mesh = parallel.make_mesh(data=1, fsdp=-1, tensor=1)
   with parallel.use_rules(parallel.TRAIN_RULES):
     model = parallel.create_sharded(lambda: Qwen3_5ForCausalLM(tiny(), rngs=nnx.Rngs(0)), mesh)
+  # Old log-probs from the "sampler" (given): one compiled program, the update.
   learner = Learner(model, LearnerConfig(num_updates=UPDATES, learning_rate=1e-2,
-                                         micro_batch_rows=8 // UPDATES * 2), mesh=mesh)
+                                         old_logprobs="sampler"), mesh=mesh)
   batch = _batch()
   metrics = learner.train_step(batch) + learner.train_step(batch)
   host = {f"m{i}_{k}": np.float64(v) for i, m in enumerate(metrics) for k, v in m.items()}

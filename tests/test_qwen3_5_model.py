@@ -128,11 +128,11 @@ def test_prefill_then_decode_equals_full_forward(untied, left):
 
 def test_cache_rows_follow_take_and_repeat(untied):
   cfg, _, ours = untied
-  ids = jnp.asarray(_ids(cfg, (B, 5), seed=5))
-  cache = init_cache(cfg, B, 8)
-  _, cache = forward_fn(ours, ids, jnp.ones((B, 5), jnp.int32), cache)
+  ids = jnp.asarray(_ids(cfg, (B, 7), seed=5))
+  cache = init_cache(cfg, B, 16)
+  _, cache = forward_fn(ours, ids, jnp.ones((B, 7), jnp.int32), cache)
   swapped = cache.take_rows(jnp.asarray([1, 0])).repeat_rows(2)
-  assert swapped.kv_mask.shape == (4, 8)
+  assert swapped.kv_mask.shape == (4, 16)
   nxt = jnp.asarray(_ids(cfg, (B, 1), seed=6))
   h_ref, _ = forward_fn(ours, nxt, jnp.ones((B, 1), jnp.int32), cache)
   h, _ = forward_fn(ours, jnp.repeat(nxt[::-1], 2, axis=0), jnp.ones((4, 1), jnp.int32), swapped)
@@ -144,11 +144,15 @@ def test_packed_segments_equal_separate_sequences(untied):
   ids = _ids(cfg, (B, T), seed=7)
   segments = np.asarray([[1] * 5 + [2] * 4 + [3] * 3, [1] * 9 + [0] * 3], np.int32)
   got = np.asarray(packed_fn(ours, jnp.asarray(ids), jnp.asarray(segments)))
-  for row in range(B):
-    for seg in set(segments[row]) - {0}:
-      where = segments[row] == seg
-      alone = np.asarray(logits_fn(ours, jnp.asarray(ids[row:row + 1, where]), None))[0]
-      np.testing.assert_allclose(got[row, where], alone, atol=1e-4, rtol=0)
+  pieces = [(row, segments[row] == seg) for row in range(B) for seg in set(segments[row]) - {0}]
+  # Each sequence alone, right-padded to T (padding invariance is tested above), two per call.
+  for batch in (pieces[:2], pieces[2:]):
+    alone, mask = np.zeros((B, T), np.int32), np.zeros((B, T), np.int32)
+    for i, (row, where) in enumerate(batch):
+      alone[i, :where.sum()], mask[i, :where.sum()] = ids[row, where], 1
+    want = np.asarray(logits_fn(ours, jnp.asarray(alone), jnp.asarray(mask)))
+    for i, (row, where) in enumerate(batch):
+      np.testing.assert_allclose(got[row, where], want[i, :where.sum()], atol=1e-4, rtol=0)
 
 
 def test_inputs_embeds_and_explicit_positions(untied):

@@ -90,7 +90,8 @@ def test_helpers_product_zipit_chainit():
 def test_names_use_aliases_suffixes_and_leave_fixed_keys_out():
   points = H.product([H.sweep("config.method", ["grpo", "zppo"]),
                       H.sweep("config.rl.inner_updates", [1, 16]),
-                      H.sweep("config.teacher.checkpoint", ["/ckpt/Qwen3.5-9B", "Qwen/Qwen3.5-27B"]),
+                      H.sweep("config.teacher.checkpoint",
+                              ["/ckpt/Qwen3.5-9B", "Qwen/Qwen3.5-27B"]),
                       H.sweep("config.data.seed_x", [0, 1]),
                       H.sweep("config.rl.seed_x", [0, 1]),
                       H.fixed("config.rl.tau", 0.3)])
@@ -270,6 +271,12 @@ def test_cli_dry_run_status_and_errors(toy, capsys):
   assert sweep_main.main(["status", *args]) == 0
   out = capsys.readouterr().out
   assert "method=grpo" in out and "finished" in out and "3/3" in out and "not started" in out
+  # The overrides of the last run are followed by status when it is given none.
+  runner.write_sweep_file(runner.make_plan(toy.config_path, ["--config.total_steps=7"], toy.root))
+  assert sweep_main.main(["status", *args]) == 0
+  assert "3/7" in capsys.readouterr().out
+  assert sweep_main.main(["status", *args, "--config.total_steps=2"]) == 0
+  assert "3/2" in capsys.readouterr().out
   assert sweep_main.main([*args, "--only=method=ppo"]) == 2
   assert "matches none" in capsys.readouterr().err
   assert sweep_main.main([*args, "--bogus"]) == 2
@@ -290,3 +297,79 @@ def test_tpu_commands_are_accepted_by_the_launcher(toy, capsys):
   done = subprocess.run(["bash", command[0], "--dry-run", *command[1:]], capture_output=True,
                         text=True, check=True)
   assert "sl-1" in done.stdout and "--config.method=zppo" in done.stdout
+
+
+def test_a_remote_root_is_kept_as_a_url(toy, capsys):
+  from zppo_jax.sweep import report
+  plan = runner.make_plan(toy.config_path, root="gs://bucket/runs/toy")
+  command = runner.tpu_command(plan, plan.variants[1], {"project": "p", "zone": "z",
+                                                        "accelerator-type": "v5p-8", "name": "s"})
+  assert command[command.index("--workdir") + 1] == "gs://bucket/runs/toy/method=zppo"
+  with pytest.raises(ValueError, match="local --workdir"):
+    runner.run_local(plan, plan.variants, train=FakeTrain(), log=io.StringIO())
+  with pytest.raises(ValueError, match="local --out"):
+    report.write_report(plan, plan.variants, plots=False)
+
+
+# A stand-in for `zppo train` in a subprocess: appends the missing metrics rows, or fails.
+FAKE_TRAINER = '''
+import json, os, pathlib, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+workdir = pathlib.Path(args["workdir"])
+print("fake trainer pid", os.getpid(), flush=True)
+if args["config.method"] == "hint":
+  sys.exit(5)
+path = workdir / "metrics.jsonl"
+done = len(path.read_text().splitlines()) if path.exists() else 0
+with path.open("a") as f:
+  for s in range(done + 1, 4):
+    f.write(json.dumps({"step": s, "reward/plain": 0.25}) + "\\n")
+'''
+
+
+def test_subprocess_runner_records_pid_log_and_exit_code(toy, tmp_path, monkeypatch):
+  script = tmp_path / "fake_train.py"
+  script.write_text(FAKE_TRAINER)
+  monkeypatch.setattr(runner, "TRAIN_COMMAND", [sys.executable, str(script)])
+  log = io.StringIO()
+  out = runner.run_local(toy, toy.variants[1:3], log=log)
+  assert out == {"method=zppo": "finished", "method=hint": "failed"}
+  zppo, hint = (toy.workdir(v) for v in toy.variants[1:3])
+  pid = int((zppo / "train.log").read_text().split()[-1])
+  record = json.loads((zppo / "sweep_state.json").read_text())
+  assert record["state"] == "finished" and record["pid"] == pid != os.getpid()
+  assert record["command"][:2] == [sys.executable, str(script)]
+  assert f"[method=zppo] fake trainer pid {pid}" in log.getvalue()
+  assert toy.status(toy.variants[2]).exit_code == 5
+  assert "exit code 5" in toy.status(toy.variants[2]).detail
+
+
+# --- end to end with the real trainer ---
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not os.environ.get("ZPPO_SWEEP_E2E"),
+                    reason="minutes on a loaded 2-core machine; set ZPPO_SWEEP_E2E=1 to run")
+def test_two_methods_end_to_end_with_the_real_trainer(tmp_path, capsys):
+  common = [f"--workdir={tmp_path / 'runs'}", "--only=method=grpo|method=zppo",
+            "--config.total_steps=1", f"--config.demo.cache_dir={tmp_path / 'demo'}",
+            f"--config.compilation_cache_dir={ROOT / '.jax_cache'}",
+            "--config.async_checkpointing=False"]
+  config = ["--config=configs/demo.py:tiny"]
+  assert sweep_main.main([*config, "--in-process", *common]) == 0
+  assert sweep_main.main(["status", *config, *common]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert any(line.startswith("method=grpo ") and "finished" in line and "1/1" in line
+             for line in lines)
+  assert any(line.startswith("method=zppo ") and "finished" in line for line in lines)
+  # A second call trains nothing: the metrics files are untouched.
+  paths = [tmp_path / "runs" / m / "metrics.jsonl" for m in ("method=grpo", "method=zppo")]
+  stamps = [p.stat().st_mtime_ns for p in paths]
+  assert sweep_main.main([*config, *common]) == 0
+  assert [p.stat().st_mtime_ns for p in paths] == stamps
+  assert "skipped, finished (1/1 steps)" in capsys.readouterr().err
+  assert sweep_main.main(["report", *config, *common, "--no-plots"]) == 0
+  rows = {r["variant"]: r for r in csv.DictReader((tmp_path / "runs" / "sweep_report.csv").open())}
+  assert set(rows) == {"method=grpo", "method=zppo"}
+  assert all(r["state"] == "finished" and r["reward"] != "" for r in rows.values())

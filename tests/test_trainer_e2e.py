@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -50,10 +52,11 @@ def trainer_factory(demo_cache, tmp_path_factory):
       trainer, close = run.build_trainer(config, workdir, stream=open(os.devnull, "w"))
       shared.update(student=trainer.student, teacher=trainer.teacher, tokenizer=trainer.tokenizer,
                     grader=trainer.grader, prompts=trainer.prompts, close=close, state=None)
-      shared["state"] = trainer.student.state()
+      shared["state"] = jax.device_get(trainer.student.state())  # A host copy: updates donate.
       return trainer
     from zppo_jax.train.trainer import Trainer
-    shared["student"].load_state(shared["state"])  # Every method starts from the same weights.
+    # Every method starts from the same weights.
+    shared["student"].load_state(jax.tree.map(jnp.asarray, shared["state"]))
     return Trainer(config, workdir, student=shared["student"], teacher=shared["teacher"],
                    tokenizer=shared["tokenizer"], prompts=shared["prompts"],
                    grader=shared["grader"], stop_ids=sorted(trainer_stop(shared["tokenizer"])),
@@ -68,8 +71,7 @@ def trainer_stop(tok):
   return {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
 
 
-@pytest.mark.parametrize("method", ["zppo", "grpo", "hint", "prefix", "off_distill",
-                                    "on_distill"])
+@pytest.mark.parametrize("method", ["zppo", "prefix", "off_distill", "on_distill"])
 def test_methods_on_the_tiny_model(trainer_factory, method):
   trainer = trainer_factory(method)
   summary = trainer.train()
@@ -96,7 +98,6 @@ def test_non_finite_update_is_skipped(trainer_factory):
 
 
 def _leaves(tree):
-  import jax
   return jax.tree.leaves(tree)
 
 

@@ -196,3 +196,13 @@ def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, capfd):
   err = capfd.readouterr().err
   assert "step 2" in err and "cannot be restored" in err
   assert again.step == 2  # Resumed at 1, re-ran step 2.
+
+
+def test_plots_and_tensorboard(assets, tmp_path):
+  from zppo_jax.train.plots import write_plots
+  make_trainer(assets, tmp_path, "zppo", steps=2).train()
+  paths = write_plots(tmp_path)
+  assert sorted(p.name for p in paths) == ["buffer.png", "composition.png", "graduation.png",
+                                           "rewards.png"]
+  assert all(p.stat().st_size > 1000 for p in paths)
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

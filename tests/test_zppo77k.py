@@ -162,16 +162,18 @@ def test_records_content(built):
 
 
 def test_seeded_choice(tmp_path, tok):
-  """Same seed: same rows even with the input order shuffled; another seed: another choice."""
-  def kept(seed, shuffle_seed, name):
+  """Same seed: same rows and counts, with the input order shuffled and the checks spread over
+  two processes."""
+  def kept(shuffle_seed, workers, name):
     vero, mmfr = write_sources(tmp_path / name, shuffle_seed=shuffle_seed)
-    cfg = zppo77k.Zppo77kConfig(tier_caps={1: 3, 2: 2}, seed=seed,
+    cfg = zppo77k.Zppo77kConfig(tier_caps={1: 3, 2: 2}, seed=0, workers=workers,
                                 filters=gb.BuildConfig(num_shards=1, max_prompt_tokens=10 ** 6))
-    zppo77k.build(vero, mmfr, tmp_path / name / "out", tokenizer=None, config=cfg)
+    report = zppo77k.build(vero, mmfr, tmp_path / name / "out", tokenizer=None, config=cfg)
     shards = records.shard_paths(tfds_source.find_dataset_dir(tmp_path / name / "out"), "zppo77k")
-    return sorted(r["id"] for r in records.iter_records(shards) if r["subset"] == "mmk12")
-  a, b = kept(0, None, "a"), kept(0, 5, "b")
-  assert a == b and len(a) == 3
+    return sorted(r["id"] for r in records.iter_records(shards)), report["sources"]
+  (a, report_a), (b, report_b) = kept(None, 1, "a"), kept(5, 2, "b")
+  assert a == b and report_a == report_b
+  assert sum(i.startswith("vero/mmk12/") for i in a) == 3
 
 
 def test_caps_choice_depends_on_seed_and_subset():
@@ -215,7 +217,7 @@ def test_cli_build_zppo77k(tmp_path, tok):
   tok.save_pretrained(str(tmp_path / "tok"))
   rc = cli.main(["data", "build-zppo77k", "--vero", str(vero), "--mmfinereason", str(mmfr),
                  "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok"),
-                 "--num-shards", "2"])
+                 "--num-shards", "2", "--workers", "2"])
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   assert rc == 0 and report["kept"] == 3 and report["rules"]["max_prompt_tokens"] == 4096
   assert report["rules"]["tier_caps"] == {"1": 2800, "2": 1400}

@@ -57,8 +57,12 @@ def input_files(path: str | pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def iter_file_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-  """(row number, row dict or RowError) for every row of one file."""
+def iter_file_rows(path: pathlib.Path, skip_columns: tuple[str, ...] = ()
+                   ) -> Iterator[tuple[int, Any]]:
+  """(row number, row dict or RowError) for every row of one file.
+
+  `skip_columns` are not read from Parquet files (a scan that does not need the image bytes).
+  """
   if path.suffix == ".jsonl":
     with path.open("rb") as f:
       for i, line in enumerate(f):
@@ -79,7 +83,9 @@ def iter_file_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
   import pyarrow as pa  # Only needed for columnar input.
   if path.suffix == ".parquet":
     import pyarrow.parquet as pq
-    batches = pq.ParquetFile(path).iter_batches(batch_size=64)
+    file = pq.ParquetFile(path)
+    columns = [c for c in file.schema_arrow.names if c not in skip_columns]
+    batches = file.iter_batches(batch_size=64, columns=columns)
   else:  # HF `datasets` save_to_disk writes Arrow IPC streams.
     batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
   start = 0

@@ -97,6 +97,7 @@ class Zppo77kConfig:
   max_pass_rate: float = MAX_PASS_RATE
   filters: gb.BuildConfig = dataclasses.field(default_factory=gb.BuildConfig)
   seed: int = 0
+  workers: int = 1      # processes for the image/prompt checks (no effect on the result)
 
 
 def _vero_fields(row: dict) -> dict:
@@ -156,7 +157,7 @@ def _scan(source: str, files: list[pathlib.Path], config: Zppo77kConfig) -> list
   """Rule 1-2 for every row of one source (cheap checks only)."""
   out, seen = [], set()
   for f, path in enumerate(files):
-    for i, row in gb.iter_file_rows(path):
+    for i, row in gb.iter_file_rows(path, skip_columns=("images", "image")):
       cand = Candidate(source, gb.Locator(f, i))
       out.append(cand)
       try:
@@ -184,23 +185,51 @@ def _pass_rate_reason(rate: Any, max_rate: float) -> str | None:
   return "pass_rate_high" if rate > max_rate else None
 
 
-def _check_content(source: str, files: list[pathlib.Path], by_loc: dict, budget,
-                   filters: gb.BuildConfig) -> None:
-  """Rule 4 for the rows still in: answer length, images, prompt budget."""
-  for f, path in enumerate(files):
-    for i, row in gb.iter_file_rows(path):
-      cand = by_loc.get(gb.Locator(f, i))
-      if cand is None or cand.reason is not None:
-        continue
-      try:
-        p = _Parsed(source, row, path, f"{path.name}:{i}")
-        if filters.max_answer_chars and len(p.answer) > filters.max_answer_chars:
-          raise gb.RowError("answer_too_long")
-        sizes = gb.check_images(p.images(), filters.min_image_side, p.id)
-        if budget is not None and budget.count(p.question, sizes) > filters.max_prompt_tokens:
-          raise gb.RowError("too_long")
-      except gb.RowError as e:
-        cand.reason = e.reason
+def _check_file(source: str, path: pathlib.Path, rows: set[int], budget,
+                filters: gb.BuildConfig) -> dict[int, str]:
+  """Rule 4 for the listed rows of one file: answer length, images, prompt budget.
+
+  Returns:
+    row number -> drop reason, for the rows that fail.
+  """
+  reasons = {}
+  for i, row in gb.iter_file_rows(path):
+    if i not in rows:
+      continue
+    try:
+      p = _Parsed(source, row, path, f"{path.name}:{i}")
+      if filters.max_answer_chars and len(p.answer) > filters.max_answer_chars:
+        raise gb.RowError("answer_too_long")
+      sizes = gb.check_images(p.images(), filters.min_image_side, p.id)
+      if budget is not None and budget.count(p.question, sizes) > filters.max_prompt_tokens:
+        raise gb.RowError("too_long")
+    except gb.RowError as e:
+      reasons[i] = e.reason
+  return reasons
+
+
+def _check_content(source: str, files: list[pathlib.Path], cands: list[Candidate], budget,
+                   filters: gb.BuildConfig, workers: int) -> None:
+  """Runs `_check_file` over the files (in `workers` processes when > 1) and records reasons.
+
+  Decoding every image is the slow part of a build; files are independent, so they are spread
+  over processes. The result does not depend on `workers`.
+  """
+  alive = collections.defaultdict(set)
+  for c in cands:
+    if c.reason is None:
+      alive[c.locator.file].add(c.locator.row)
+  jobs = [(source, files[f], rows, budget, filters) for f, rows in sorted(alive.items())]
+  if workers > 1 and len(jobs) > 1:
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      results = pool.starmap(_check_file, jobs, chunksize=1)
+  else:
+    results = [_check_file(*job) for job in jobs]
+  by_loc = {c.locator: c for c in cands}
+  for (f, _), reasons in zip(sorted(alive.items()), results):
+    for i, reason in reasons.items():
+      by_loc[gb.Locator(f, i)].reason = reason
 
 
 def _subset_seed(seed: int, subset: str) -> int:
@@ -249,7 +278,7 @@ def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str |
       c.reason = "vero_priority"
   budget = gb.PromptBudget(tokenizer, build_user_text) if tokenizer is not None else None
   for s in SOURCES:
-    _check_content(s, files[s], {c.locator: c for c in cands[s]}, budget, config.filters)
+    _check_content(s, files[s], cands[s], budget, config.filters, config.workers)
   apply_caps(cands["vero"] + cands["mmfinereason"], config.tier_caps, config.seed)
 
   directory = tfds_source.dataset_dir(out, NAME)
@@ -341,8 +370,10 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (prompt budget)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--num-shards", type=int, default=64)
+  parser.add_argument("--workers", type=int, default=1, help="processes for the image checks")
   args = parser.parse_args(argv)
-  config = Zppo77kConfig(seed=args.seed, filters=gb.BuildConfig(num_shards=args.num_shards))
+  config = Zppo77kConfig(seed=args.seed, workers=args.workers,
+                         filters=gb.BuildConfig(num_shards=args.num_shards))
   report = build(args.vero, args.mmfinereason, args.out,
                  tokenizer=gb.load_tokenizer(args.tokenizer), config=config)
   print(report_markdown(report))

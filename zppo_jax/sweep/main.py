@@ -3,16 +3,18 @@
   zppo sweep --config=C [--launcher=local|tpu] [--dry-run] [--only=PATTERN] [--workdir=ROOT]
              [--in-process] [--config.KEY=V ...] [TPU flags]
   zppo sweep status --config=C [--only=PATTERN] [--workdir=ROOT] [--config.KEY=V ...]
-  zppo sweep report --config=C [--only=PATTERN] [--workdir=ROOT] [--no-plots] [--config.KEY=V ...]
+  zppo sweep report --config=C [--only=PATTERN] [--workdir=ROOT] [--out=DIR] [--no-plots]
+                    [--config.KEY=V ...]
 
-Each variant trains in `ROOT/<variant>` (ROOT defaults to `runs/<config name>`), named from its swept
-keys, e.g. `runs/demo/method=zppo`. Locally the variants run one after another; a second call skips
-the finished ones and resumes the half-finished one. `--launcher=tpu` submits each variant to its
+Each variant trains in `ROOT/<variant>` (ROOT defaults to `runs/<config name>`), named from its
+swept keys, e.g. `runs/demo/method=zppo`. Locally the variants run one after another; a second call
+skips the finished ones and resumes the half-finished one. `--launcher=tpu` submits each variant to its
 own slice `<--name>-<index>` through `launch/tpu_run.sh` (TPU flags: --project --zone
 --accelerator-type --name [--version] [--max-restarts] [--create]). `--only` picks variants:
 `method=zppo` (every variant whose name has that item), `'method=grpo*'` (a glob over names),
 alternatives separated by `|`. `--config.KEY=V` overrides apply to every variant (a smaller
-`total_steps`, say) and must be passed the same way to `status` and `report`.
+`total_steps`, say); they are kept in `ROOT/sweep.json`, which `status` and `report` read when
+given no overrides of their own.
 
   zppo sweep --config=configs/demo.py --config.total_steps=4
   zppo sweep report --config=configs/demo.py --config.total_steps=4
@@ -43,6 +45,7 @@ def _parser(action: str) -> argparse.ArgumentParser:
                    help="local: train in this process instead of a subprocess per variant")
   if action == "report":
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--out", default=None, help="report directory (default: the sweep root)")
   return p
 
 
@@ -52,6 +55,10 @@ def _parse(action: str, argv: list[str]):
   if bad:
     raise ValueError(f"unknown argument {bad[0]!r} (overrides are --config.KEY=VALUE)")
   plan = runner.make_plan(args.config, rest, args.workdir)
+  if action != "run" and not rest:  # Follow the overrides the sweep was run with.
+    saved = runner.read_sweep_file(plan.root)
+    if saved.get("overrides") and saved.get("config") == plan.config_path:
+      plan = runner.make_plan(args.config, saved["overrides"], args.workdir)
   chosen = hyper.select(plan.variants, args.only)
   if not chosen:
     raise ValueError(f"--only={args.only!r} matches none of: "
@@ -85,6 +92,8 @@ def run(argv: list[str]) -> int:
       note = f"  (same config as {v.same_as}; not run again)" if v.same_as else ""
       print(f"{v.name}{note}\n  {shlex.join(command)}")
     return 0
+  if not runner.is_remote(plan.root):
+    runner.write_sweep_file(plan)
   if args.launcher == "tpu":
     outcomes = runner.submit_tpu(plan, chosen, tpu, args.create)
   else:
@@ -110,7 +119,7 @@ def report(argv: list[str]) -> int:
   """`zppo sweep report`: the comparison tables and plots."""
   args, plan, chosen = _parse("report", argv)
   from zppo_jax.sweep import report as report_lib  # matplotlib is imported only here.
-  out = report_lib.write_report(plan, chosen, plots=not args.no_plots)
+  out = report_lib.write_report(plan, chosen, plots=not args.no_plots, out_dir=args.out)
   print(out["markdown"])
   for path in out["paths"]:
     print(f"wrote {path}", file=sys.stderr)

@@ -1,11 +1,12 @@
 """`zppo sweep report`: the variants of a sweep side by side.
 
-Writes into the sweep's root directory:
+Writes into the sweep's root directory (or `--out`, needed when the root is `gs://...`):
 - `sweep_report.md` and `sweep_report.csv`: one row per variant with its swept values, state, final
   training metrics (from `metrics.jsonl` and `summary.json`) and, where the variant's workdir holds
   an evaluation (`WORKDIR/eval/report.json`, or `WORKDIR/*/report.json`, as written by
   `zppo eval --out`), the family averages.
-- `plots/rewards.png`: `reward/plain` over steps, one curve per variant (and held-out accuracy).
+- `plots/rewards.png`: `reward/plain` (and held-out accuracy) over steps, one curve per variant,
+  one panel per part of the sweep (the method comparison, the I ablation, ...).
 - `plots/by_<key>.png`: the final reward (and held-out accuracy) per value of each swept key, e.g.
   the paper's inner-iteration (I) and normalisation sweeps.
 - `plots/graduations.png`: replay-buffer admissions and graduations per variant (by method).
@@ -17,7 +18,10 @@ import io
 import json
 import pathlib
 
+from etils import epath
+
 from zppo_jax.sweep import hyper, state as state_lib
+from zppo_jax.sweep import runner
 from zppo_jax.sweep.runner import Plan
 
 # Metrics columns: (column, metrics key, how) with how = "last" (final value) or "tail" (mean over
@@ -43,7 +47,7 @@ def _tail_mean(rows: list[dict], key: str) -> float | None:
   return sum(values[-n:]) / n
 
 
-def find_eval_report(workdir: pathlib.Path) -> pathlib.Path | None:
+def find_eval_report(workdir: epath.Path) -> epath.Path | None:
   """`WORKDIR/eval/report.json`, else the first `WORKDIR/*/report.json`, else None."""
   preferred = workdir / "eval" / "report.json"
   if preferred.exists():
@@ -59,7 +63,8 @@ def variant_row(plan: Plan, variant: hyper.Variant) -> dict:
   status = plan.status(variant)
   row: dict = {"variant": variant.name}
   for key in variant.swept:
-    row[hyper.short_key(key, variant.swept)] = variant.label(key)
+    row[hyper.short_key(key, variant.swept)] = plan.values.get(variant.name, {}).get(
+        key, variant.label(key))
   row.update(state=status.state, step=status.step, total_steps=status.total_steps)
   for column, key, how in METRICS:
     row[column] = state_lib.last_value(rows, key) if how == "last" else _tail_mean(rows, key)
@@ -143,25 +148,34 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
     plt.close(fig)
     written.append(path)
 
-  # Reward curves: one per distinct workdir (variants sharing one are named together).
-  by_run: dict[str, list[str]] = {}
+  # Curves: one panel per part of the sweep (the variants that set the same keys: the method
+  # comparison, the I ablation, ...), one curve per variant; a row for held-out accuracy if any.
+  parts: dict[tuple[str, ...], list[hyper.Variant]] = {}
   for v in variants:
-    by_run.setdefault(v.run_name, []).append(v.name)
-  curves = {run: state_lib.read_rows(plan.root / run) for run in by_run}
-  has_eval = any(r.get("eval/accuracy") is not None for rs in curves.values() for r in rs)
-  fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(12 if has_eval else 7, 4.5),
-                           squeeze=False)
-  for run, names in by_run.items():
-    for ax, key in zip(axes[0], (state_lib.REWARD_KEY, "eval/accuracy")):
-      pts = [(r["step"], state_lib.number(r.get(key))) for r in curves[run]]
-      pts = [p for p in pts if p[1] is not None]
-      if pts:
-        ax.plot(*zip(*pts), marker=".", label=" = ".join(names))
-  axes[0][0].set(xlabel="step", ylabel="mean reward (plain prompts)", title="Reward per variant")
-  if has_eval:
-    axes[0][1].set(xlabel="step", ylabel="held-out accuracy", title="Held-out accuracy")
-  axes[0][0].legend(fontsize=7)
-  save(fig, "rewards.png")
+    parts.setdefault(tuple(k for k in v.swept if k in v.point), []).append(v)
+  curves = {v.run_name: state_lib.read_rows(plan.workdir(v)) for v in variants}
+  keys = [k for k in (state_lib.REWARD_KEY, "eval/accuracy")
+          if any(state_lib.number(r.get(k)) is not None for rs in curves.values() for r in rs)]
+  if keys:
+    fig, axes = plt.subplots(len(keys), len(parts), figsize=(6 * len(parts), 4 * len(keys)),
+                             squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    for col, (part, members) in enumerate(parts.items()):
+      title = " x ".join(hyper.short_key(k, members[0].swept) for k in part) or "variants"
+      for row, key in enumerate(keys):
+        ax = axes[row][col]
+        for i, v in enumerate(members):
+          pts = [(r["step"], state_lib.number(r.get(key))) for r in curves[v.run_name]]
+          pts = [p for p in pts if p[1] is not None]
+          if pts:
+            ax.plot(*zip(*pts), styles[i // 10 % 4], marker=".", color=f"C{i % 10}",
+                    label=v.name + (f" (= {v.same_as})" if v.same_as else ""))
+        ylabel = ("mean reward, plain prompts" if key == state_lib.REWARD_KEY
+                  else "held-out accuracy")
+        ax.set(xlabel="step", ylabel=ylabel, title=f"{ylabel} by {title}")
+        if ax.lines:
+          ax.legend(fontsize=7)
+    save(fig, "rewards.png")
 
   # Final metric per swept value: one figure per swept key, bars grouped by the other keys.
   swept = variants[0].swept if variants else ()
@@ -171,7 +185,7 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
     values = list(dict.fromkeys(v.label(key) for v, _ in members))
     if len(values) < 2:
       continue
-    metrics = [m for m in ("reward_tail", "heldout_after", "eval_llm", "eval_vlm")
+    metrics = [m for m in ("reward_tail", "eval_accuracy", "heldout_after", "eval_llm", "eval_vlm")
                if any(r.get(m) is not None for _, r in members)]
     if not metrics:
       continue
@@ -216,14 +230,22 @@ def _others(variant: hyper.Variant, key: str) -> str:
   return ",".join(p for p in variant.name.split(",") if not p.startswith(alias + "="))
 
 
-def write_report(plan: Plan, variants: list[hyper.Variant], plots: bool = True) -> dict:
-  """Writes the tables (and plots) into the sweep root; returns {"rows", "markdown", "paths"}."""
+def write_report(plan: Plan, variants: list[hyper.Variant], plots: bool = True,
+                 out_dir: str | pathlib.Path | None = None) -> dict:
+  """Writes the tables (and plots); returns {"rows", "markdown", "paths"}.
+
+  Args:
+    out_dir: where the files go; defaults to the sweep root, which must then be local.
+  """
+  if out_dir is None and runner.is_remote(plan.root):
+    raise ValueError(f"the sweep root {plan.root} is remote: give a local --out for the report")
+  out = pathlib.Path(out_dir or str(plan.root))
   rows = [variant_row(plan, v) for v in variants]
-  plan.root.mkdir(parents=True, exist_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
   md = markdown_table(rows)
-  paths = [plan.root / "sweep_report.md", plan.root / "sweep_report.csv"]
+  paths = [out / "sweep_report.md", out / "sweep_report.csv"]
   paths[0].write_text(f"# Sweep {plan.config_path}\n\n{md}\n")
   paths[1].write_text(csv_table(rows))
   if plots:
-    paths += write_plots(plan, variants, rows, plan.root / "plots")
+    paths += write_plots(plan, variants, rows, out / "plots")
   return {"rows": rows, "markdown": md, "paths": paths}

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
-import pathlib
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from typing import Callable, Sequence, TextIO
+
+from etils import epath
 
 from zppo_jax.sweep import hyper, state as state_lib
 from zppo_jax.train import config as config_lib
@@ -37,14 +39,17 @@ class Plan:
     root: the directory holding one workdir per variant.
     variants: all variants of the sweep, in `get_hyper` order.
     total_steps: variant name -> the `total_steps` of its resolved config.
+    values: variant name -> {swept key: its value in the resolved config, as text}, so that a
+      variant of one ablation also shows the values it takes of the others' keys.
   """
   config_path: str
   overrides: list[str]
-  root: pathlib.Path
+  root: epath.Path
   variants: list[hyper.Variant]
   total_steps: dict[str, int]
+  values: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
-  def workdir(self, variant: hyper.Variant) -> pathlib.Path:
+  def workdir(self, variant: hyper.Variant) -> epath.Path:
     return self.root / variant.run_name
 
   def train_args(self, variant: hyper.Variant) -> list[str]:
@@ -84,11 +89,47 @@ def make_plan(config_path: str, overrides: Sequence[str] = (), root: str | None 
     names.append(config.name)
     total_steps[v.name] = int(config.total_steps)
   hyper.mark_duplicates(variants, resolved)
-  return Plan(config_path, overrides, pathlib.Path(root or os.path.join("runs", names[0])),
-              variants, total_steps)
+  values = {v.name: {k: hyper.format_value(_lookup(config, k)) for k in v.swept}
+            for v, config in zip(variants, resolved)}
+  return Plan(config_path, overrides, epath.Path(root or os.path.join("runs", names[0])),
+              variants, total_steps, values)
+
+
+SWEEP_FILE = "sweep.json"
+
+
+def write_sweep_file(plan: Plan) -> None:
+  """Records the config and overrides of a sweep in `ROOT/sweep.json` for `status` and `report`."""
+  plan.root.mkdir(parents=True, exist_ok=True)
+  (plan.root / SWEEP_FILE).write_text(json.dumps(
+      {"config": plan.config_path, "overrides": plan.overrides,
+       "variants": [v.name for v in plan.variants]}, indent=2))
+
+
+def read_sweep_file(root: epath.PathLike) -> dict:
+  path = epath.Path(root) / SWEEP_FILE
+  try:
+    return json.loads(path.read_text()) if path.exists() else {}
+  except (OSError, json.JSONDecodeError):
+    return {}
+
+
+def _lookup(config: dict, key: str):
+  """`config["a"]["b"]` for the key `config.a.b`."""
+  for part in key.split(".")[1:]:
+    config = config[part]
+  return config
+
+
+def is_remote(path) -> bool:
+  """Whether a path is a URL (`gs://...`) rather than a local directory."""
+  return "://" in str(path)
 
 
 # --- local runs ---
+
+TRAIN_COMMAND = [sys.executable, "-m", "zppo_jax.cli", "train"]
+
 
 def train_subprocess(plan: Plan, variant: hyper.Variant, log: TextIO) -> int:
   """Runs `zppo train` for a variant in a subprocess, echoing its output; returns the exit code.
@@ -97,7 +138,7 @@ def train_subprocess(plan: Plan, variant: hyper.Variant, log: TextIO) -> int:
   function knows the pid.
   """
   workdir = plan.workdir(variant)
-  command = [sys.executable, "-m", "zppo_jax.cli", "train", *plan.train_args(variant)]
+  command = [*TRAIN_COMMAND, *plan.train_args(variant)]
   with (workdir / "train.log").open("a") as out:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
@@ -106,6 +147,7 @@ def train_subprocess(plan: Plan, variant: hyper.Variant, log: TextIO) -> int:
     try:
       for line in proc.stdout:
         out.write(line)
+        out.flush()
         log.write(f"[{variant.name}] {line}")
         log.flush()
       return proc.wait()
@@ -144,6 +186,8 @@ def run_local(plan: Plan, variants: Sequence[hyper.Variant], train: TrainFn | No
       callable other than the default writes no pid, so the state file records this process.
     log: where progress goes (default stderr).
   """
+  if is_remote(plan.root):
+    raise ValueError(f"--launcher=local needs a local --workdir, not {plan.root}")
   log = log or sys.stderr
   train = train or train_subprocess
   outcomes: dict[str, str] = {}
@@ -180,14 +224,16 @@ def run_local(plan: Plan, variants: Sequence[hyper.Variant], train: TrainFn | No
       code = 1
     else:
       reached = plan.status(variant).step >= plan.total_steps[variant.name]
+      started = state_lib.read_state(workdir)  # Keeps the pid and command of the run.
+      keep = {k: started[k] for k in ("pid", "command", "started") if k in started}
       if code == 0 and reached:
-        state_lib.write_state(workdir, state="finished", exit_code=0, ended=time.time())
+        state_lib.write_state(workdir, state="finished", exit_code=0, ended=time.time(), **keep)
       elif code == 0 or code in _STOP_CODES:
         state_lib.write_state(workdir, state="stopped", exit_code=code, ended=time.time(),
-                              detail="exited before total_steps (preempted?)")
+                              detail="exited before total_steps (preempted?)", **keep)
       else:
         state_lib.write_state(workdir, state="failed", exit_code=code, ended=time.time(),
-                              detail=f"exit code {code}; see {workdir / 'train.log'}")
+                              detail=f"exit code {code}; see {workdir / 'train.log'}", **keep)
     done.add(variant.run_name)
     outcomes[variant.name] = plan.status(variant).state
     print(f"{head}: {outcomes[variant.name]} (exit code {code})", file=log)
@@ -228,7 +274,7 @@ def submit_tpu(plan: Plan, variants: Sequence[hyper.Variant], tpu: dict[str, str
   log = log or sys.stderr
   outcomes, done = {}, set()
   for variant in variants:
-    local = "://" not in str(plan.root)
+    local = not is_remote(plan.root)
     if variant.run_name in done or (local and plan.status(variant).state == "finished"):
       print(f"sweep: {variant.name}: skipped (finished or same config as an earlier one)",
             file=log)

@@ -18,9 +18,10 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import socket
 import time
+
+from etils import epath
 
 STATE_FILE = "sweep_state.json"
 REWARD_KEY = "reward/plain"
@@ -46,9 +47,9 @@ class RunStatus:
   detail: str = ""
 
 
-def read_rows(workdir: pathlib.Path) -> list[dict]:
+def read_rows(workdir: epath.PathLike) -> list[dict]:
   """`metrics.jsonl` rows; a torn last line (a run killed mid-write) is left out."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+  path = epath.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
   rows = []
@@ -84,8 +85,8 @@ def last_value(rows: list[dict], key: str) -> float | None:
   return None
 
 
-def read_state(workdir: pathlib.Path) -> dict:
-  path = pathlib.Path(workdir) / STATE_FILE
+def read_state(workdir: epath.PathLike) -> dict:
+  path = epath.Path(workdir) / STATE_FILE
   if not path.exists():
     return {}
   try:
@@ -94,14 +95,14 @@ def read_state(workdir: pathlib.Path) -> dict:
     return {}
 
 
-def write_state(workdir: pathlib.Path, **fields) -> dict:
+def write_state(workdir: epath.PathLike, **fields) -> dict:
   """Replaces the state file atomically with `fields` plus the host and time."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   record = {"host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
   tmp = workdir / (STATE_FILE + ".tmp")
   tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-  os.replace(tmp, workdir / STATE_FILE)
+  tmp.replace(workdir / STATE_FILE)
   return record
 
 
@@ -115,12 +116,15 @@ def pid_alive(pid: int) -> bool:
   return True
 
 
-def run_status(workdir: pathlib.Path, total_steps: int) -> RunStatus:
-  """The state of one workdir (see the module docstring)."""
-  rows = read_rows(workdir)
+def run_status(workdir: epath.PathLike, total_steps: int) -> RunStatus:
+  """The state of one workdir (see the module docstring); "unreadable" when it cannot be read."""
+  try:
+    rows = read_rows(workdir)
+    record = read_state(workdir)
+  except Exception as err:  # A remote workdir without a filesystem backend, a permission error.
+    return RunStatus("unreadable", 0, total_steps, detail=f"{type(err).__name__}: {err}"[:200])
   step = rows[-1]["step"] if rows else 0
   reward = last_value(rows, REWARD_KEY)
-  record = read_state(workdir)
   kind = record.get("state")
   code = record.get("exit_code")
   out = RunStatus("not started", step, total_steps, reward, code)

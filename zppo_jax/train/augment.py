@@ -17,6 +17,7 @@ from zppo_jax.data.prompts import encode_prompt
 from zppo_jax.rl.advantages import compute_advantages
 from zppo_jax.train.groups import Group
 from zppo_jax.zppo import reformulate, templates
+from zppo_jax.zppo.diagnostics import step_diagnostics
 from zppo_jax.zppo.replay_buffer import ReplayBuffer
 
 # A spec the loop rolls out: (record, kind, prompt ids, forced prefix ids, extra).
@@ -83,7 +84,7 @@ def hard_set(plain: Sequence[Group], num_new: int, config, flags: dict) -> list[
 def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, config,
                 flags: dict, rng: random.Random, tokenizer,
                 teacher_text: Callable[[list[str], int], list[str]]
-                ) -> tuple[list[Spec], dict[str, float]]:
+                ) -> tuple[list[Spec], dict[str, float], list[reformulate.Reformulation]]:
   """BCQ / NCQ, hint or prefix prompts of the step, as rollout specs, and their counts.
 
   Args:
@@ -121,7 +122,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
                   dict(r.meta)))
   for kind in ("bcq", "ncq", "hint", "prefix"):
     metrics[f"reform/{kind}"] = sum(r.kind == kind for r in reforms)
-  return specs, metrics
+  return specs, metrics, reforms
 
 
 def _token_truncate(tokenizer) -> Callable[[str, int], str]:
@@ -152,28 +153,16 @@ def _advantages_jit(rewards, group_ids, mask, norm):
                             num_groups=rewards.shape[0])
 
 
-def diagnostics(groups: Sequence[Group], teacher: Sequence[Group]) -> dict[str, float]:
-  """The paper's per-step diagnostics: BCQ match rates, NCQ repeats, teacher success."""
-  from zppo_jax.rewards import extract_answer
-  out: dict[str, float] = {}
-  bcq = [(g, t) for g in groups if g.kind == "bcq" for t in g.texts]
-  pos = [extract_answer(t) == g.extra.get("correct_answer")
-         for (g, t), r in zip(bcq, [r for g in groups if g.kind == "bcq" for r in g.rewards]) if r]
-  neg = [extract_answer(t) == g.extra.get("wrong_answer")
-         for (g, t), r in zip(bcq, [r for g in groups if g.kind == "bcq" for r in g.rewards])
-         if not r]
-  if pos:
-    out["diag/bcq_match_positive"] = float(np.mean(pos))
-  if neg:
-    out["diag/bcq_match_negative"] = float(np.mean(neg))
-  repeats = [extract_answer(t) in g.extra.get("wrong_answers", [])
-             for g in groups if g.kind == "ncq" for t in g.texts]
-  if repeats:
-    out["diag/ncq_repeat_wrong"] = float(np.mean(repeats))
-  if teacher:
-    out["diag/teacher_success"] = float(np.mean([any(t.rewards) for t in teacher]))
-    out["diag/teacher_accuracy"] = float(np.mean([r for t in teacher for r in t.rewards]))
-  return out
+def diagnostics(plain: Sequence[Group], teacher: Sequence[Group], extra: Sequence[Group],
+                reforms: Sequence[reformulate.Reformulation], num_new: int, tau: float
+                ) -> dict[str, float]:
+  """The paper's per-step diagnostics (`zppo.diagnostics`), prefixed `diag/`; NaN = nothing
+  to count this step."""
+  rollouts = {(g.qid, g.kind): [reformulate.Rollout.of(t, r) for t, r in zip(g.texts, g.rewards)]
+              for g in extra}
+  out = step_diagnostics(question_groups(plain, teacher, num_new), reforms, rollouts,
+                         threshold=tau)
+  return {"diag/" + k: v for k, v in out.items()}
 
 
 def refresh_buffer(buffer: ReplayBuffer, accuracy: dict[str, float], records: Sequence[dict],

@@ -36,7 +36,12 @@ def write_plots(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   out_dir.mkdir(exist_ok=True)
   written = []
 
+  from matplotlib.ticker import MaxNLocator
+
   def save(fig, name):
+    for ax in fig.axes:
+      if ax.get_xlabel() == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path = out_dir / name
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -74,7 +79,7 @@ def write_plots(workdir: str | pathlib.Path) -> list[pathlib.Path]:
     admitted = [float(last[f"buffer/admitted_bin/{b}"]) for b in bins]
     graduated = [float(last.get(f"buffer/graduated_bin/{b}", 0.0)) for b in bins]
     ratio = [g / a if a else 0.0 for g, a in zip(graduated, admitted)]
-    ax.bar(bins, ratio)
+    ax.bar([f"{float(b):.2f}" for b in bins], ratio)
     for i, (g, a) in enumerate(zip(graduated, admitted)):
       ax.text(i, ratio[i], f"{int(g)}/{int(a)}", ha="center", va="bottom", fontsize=8)
   ax.set(xlabel="plain accuracy when admitted", ylabel="fraction graduated",

@@ -130,11 +130,12 @@ class Trainer:
 
     extra_groups: list[Group] = []
     teacher_groups: list[Group] = []
+    reforms = []
     if self.flags["bcq"] or self.flags["ncq"] or self.flags["hint"] or self.flags["prefix"]:
       if self.flags["bcq"] or self.flags["hint"] or self.flags["prefix"]:
         teacher_groups = self._teacher_rollouts(hard, step, times)
       t = time.perf_counter()
-      specs, reform_metrics = augment.build_specs(
+      specs, reform_metrics, reforms = augment.build_specs(
           plain, teacher_groups, len(new), cfg, self.flags, random.Random(self._seed(step, 4)),
           self.tokenizer, self._teacher_text)
       times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
@@ -145,7 +146,8 @@ class Trainer:
     rewards, group_ids = flatten(groups)
     advantages = augment.advantages(rewards, group_ids, rl.adv_norm)
     metrics.update(kind_metrics(groups, advantages))
-    metrics.update(augment.diagnostics(groups, teacher_groups))
+    metrics.update(augment.diagnostics(plain, teacher_groups, extra_groups, reforms, len(new),
+                                       rl.tau))
 
     t = time.perf_counter()
     if self.flags["distill"]:
