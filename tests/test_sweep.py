@@ -49,7 +49,8 @@ def write_rows(workdir, steps, reward=0.5):
     for s in steps:
       f.write(json.dumps({"step": s, "reward/plain": reward + 0.1 * s, "buffer/size": s,
                           "buffer/admitted_total": 2 * s, "buffer/graduated_total": s,
-                          "time_step": 1.0}) + "\n")
+                          "buffer/admitted_bin/0.0000": 4, "buffer/graduated_bin/0.0000": 1,
+                          "buffer/admitted_bin/0.2500": s, "time_step": 1.0}) + "\n")
 
 
 class FakeTrain:
@@ -109,6 +110,10 @@ def test_names_in_a_chain_of_ablations_and_clashes():
   assert [v.name for v in variants] == ["method=grpo", "method=zppo", "norm=none"]
   # The same point twice is one variant; two points that name alike are an error.
   assert len(hyper.make_variants(H.chainit([H.sweep("config.seed", [1])] * 2))) == 1
+  # Short names tell apart every swept key, also in points that set only one of them.
+  variants = hyper.make_variants(H.chainit([H.sweep("config.data.seed", [1, 2]),
+                                            H.sweep("config.rl.seed", [1, 2])]))
+  assert [v.name for v in variants] == ["data.seed=1", "data.seed=2", "rl.seed=1", "rl.seed=2"]
   with pytest.raises(ValueError, match="both get the name"):
     hyper.make_variants([{"config.x": "a/b"}, {"config.x": "c/b"}])
 
@@ -247,6 +252,8 @@ def test_report_from_fabricated_workdirs(toy):
   assert got["method=grpo"]["method"] == "grpo" and got["I=1"]["I"] == "1"
   assert (got["I=1"]["state"], got["I=1"]["step"]) == ("stopped", "1")
   assert (got["method=hint"]["state"], got["method=hint"]["reward"]) == ("not started", "")
+  assert report.graduation_bins(state_lib.read_rows(toy.workdir(by_name["method=grpo"]))) == {
+      "0.0000": 0.25, "0.2500": 0.0}
   assert got["I=4"]["same_as"] == "method=zppo" and got["I=4"]["reward"] == got["method=zppo"][
       "reward"]
   md = (toy.root / "sweep_report.md").read_text()

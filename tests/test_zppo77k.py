@@ -188,6 +188,28 @@ def test_caps_choice_depends_on_seed_and_subset():
   assert len(chosen(0, tier=2)) == 2 and len(chosen(0, n=4)) == 4
 
 
+def test_caps_walk_fills_the_cap_with_rows_that_pass():
+  """Rows failing rule 4 free their slot for the next row in the seeded order; rows past the
+  cap are never checked."""
+  cands = [zppo77k.Candidate("vero", gb.Locator(0, i), id=f"{i:02d}", subset="s", tier=2)
+           for i in range(10)]
+  order = np.random.default_rng(zppo77k._subset_seed(4, "s")).permutation(10)
+  seeded = [f"{j:02d}" for j in order]
+  bad = set(seeded[:3:2])                      # the 1st and 3rd rows of the seeded order fail
+  checked = []
+
+  def check(batch):
+    checked.append([c.id for c in batch])
+    for c in batch:
+      if c.id in bad:
+        c.reason = "broken_image"
+  rounds = zppo77k.apply_caps(cands, {1: 5, 2: 2}, 4, check)
+  kept = [c.id for c in cands if c.reason is None]
+  assert sorted(kept) == sorted([i for i in seeded if i not in bad][:2])
+  assert checked == [seeded[:2], seeded[2:3], seeded[3:4]] and rounds == 3
+  assert sum(c.reason == "over_cap" for c in cands) == 6
+
+
 def test_canonical_map_and_tiers():
   assert zppo77k.canonical_subset("WeMath2-Standard") == zppo77k.canonical_subset("wemath20_standard")
   assert zppo77k.canonical_subset("MMK12") == "mmk12" == zppo77k.canonical_subset("mm_k12")

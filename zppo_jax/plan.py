@@ -523,8 +523,35 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
       done.append(p)
       log(_format_row(p.row(chip)))
   rows = [p.row(chip) for p in done]
+  step = step_seconds(shape, {p.name: p for p in done}, chip)
+  if step:
+    log(f"worst-case step (every response {shape.max_new} tokens, every prompt hard): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in step.items()))
   return dict(topology=topo.name, desc=topo.desc, chips=topo.chips, hbm_gib=chip.hbm_gib,
-              fits=all(r["fits"] for r in rows), programs=rows)
+              fits=all(r["fits"] for r in rows), programs=rows, step_s=step)
+
+
+def step_seconds(shape: RunShape, programs: dict[str, Program], chip: Chip) -> dict[str, float]:
+  """Roofline seconds of one ZPPO step in the worst case: every plain prompt's G_S rollouts, G_T
+  teacher rollouts and G_S BCQ + G_S NCQ rollouts for every prompt, all at max length, then the
+  update over all those tokens. Sequential, as the trainer runs it."""
+  out = {}
+  plain = shape.prompts * shape.group
+  total_rows = 3 * plain   # plain + BCQ + NCQ groups
+  if "prefill" in programs and "decode" in programs and programs["decode"].rows:
+    calls = math.ceil(total_rows / programs["decode"].rows)
+    out["student rollout"] = calls * (programs["prefill"].seconds(chip)
+                                      + shape.max_new * programs["decode"].seconds(chip))
+  if "t_prefill" in programs and "t_decode" in programs and programs["t_decode"].rows:
+    calls = math.ceil(shape.prompts * shape.teacher_group / programs["t_decode"].rows)
+    out["teacher rollout"] = calls * (programs["t_prefill"].seconds(chip)
+                                      + shape.max_new * programs["t_decode"].seconds(chip))
+  if "train" in programs and programs["train"].tokens:
+    tokens = total_rows * (shape.prompt_len + shape.max_new)
+    out["update"] = tokens / programs["train"].tokens * programs["train"].seconds(chip)
+  if out:
+    out["total"] = sum(out.values())
+  return out
 
 
 HEADER = (f"{'program':<10} {'chips':>5} {'rows':>5} {'args':>7} {'temp':>7} {'out':>7} {'resid':>7} "

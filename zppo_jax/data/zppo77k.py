@@ -19,8 +19,9 @@ Rules, in the order they are applied (each dropped row is counted under the firs
 4. answer ≤ 512 characters, every image decodable with min side ≥ 100 px, base prompt (user
    turn with the RL closer, chat template, image tokens at the paper's pixel budget) ≤ 4,096 tokens;
 5. caps per canonical sub-set: 2,800 for tier 1 (STEM, chart/OCR), 1,400 for tier 2 (VQA,
-   knowledge, counting/grounding); the kept rows are a seeded choice among the survivors of 1-4
-   (`over_cap` for the rest).
+   knowledge, counting/grounding); the kept rows are a seeded choice among the rows that pass 1-4.
+   Rules 4-5 run together (`apply_caps`): rows are walked in a seeded order and checked until the
+   cap is reached, so a row past the cap is counted `over_cap` without being decoded.
 
 The report (`report.json`, `report.md`) counts rows per source, sub-set, tier and reason; every
 row read appears exactly once (kept or dropped).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -209,21 +211,19 @@ def _check_file(source: str, path: pathlib.Path, rows: set[int], budget,
 
 
 def _check_content(source: str, files: list[pathlib.Path], cands: list[Candidate], budget,
-                   filters: gb.BuildConfig, workers: int) -> None:
-  """Runs `_check_file` over the files (in `workers` processes when > 1) and records reasons.
+                   filters: gb.BuildConfig, pool=None) -> None:
+  """Runs `_check_file` over the files (in `pool`'s processes if given) and records reasons.
 
   Decoding every image is the slow part of a build; files are independent, so they are spread
-  over processes. The result does not depend on `workers`.
+  over processes. The result does not depend on the pool.
   """
   alive = collections.defaultdict(set)
   for c in cands:
     if c.reason is None:
       alive[c.locator.file].add(c.locator.row)
   jobs = [(source, files[f], rows, budget, filters) for f, rows in sorted(alive.items())]
-  if workers > 1 and len(jobs) > 1:
-    import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-      results = pool.starmap(_check_file, jobs, chunksize=1)
+  if pool is not None and len(jobs) > 1:
+    results = pool.starmap(_check_file, jobs, chunksize=1)
   else:
     results = [_check_file(*job) for job in jobs]
   by_loc = {c.locator: c for c in cands}
@@ -237,21 +237,56 @@ def _subset_seed(seed: int, subset: str) -> int:
   return int.from_bytes(hashlib.sha256(f"{seed}:{subset}".encode()).digest()[:8], "little")
 
 
-def apply_caps(candidates: list[Candidate], tier_caps: dict, seed: int) -> None:
-  """Rule 5: per canonical sub-set, keep a seeded choice of `tier_caps[tier]` survivors."""
-  groups = collections.defaultdict(list)
+def apply_caps(candidates: list[Candidate], tier_caps: dict, seed: int,
+               check: Callable[[list[Candidate]], None] | None = None) -> int:
+  """Rules 4-5: per canonical sub-set, a seeded choice of `tier_caps[tier]` rows that pass rule 4.
+
+  Each sub-set's candidates (sorted by id, so file order does not matter) are put in a seeded
+  random order and walked: the first `cap` rows that pass `check` are kept, the rows after them
+  are `over_cap`. The kept rows are a uniform seeded choice among the rows that pass, as if every
+  row had been checked first, but only about `cap` rows per sub-set are decoded (ZPPO-77K keeps
+  ~77K of ~1.2M rows). `check` runs in rounds: each round checks, for every sub-set short of its
+  cap, as many next rows as it is short, and sets `reason` on the ones that fail.
+
+  Args:
+    candidates: all rows; those with `reason` already set are left alone.
+    tier_caps: tier -> cap.
+    seed: the choice seed (combined with each sub-set's name).
+    check: sets `reason` on the failing rows of a list; None accepts every row.
+
+  Returns:
+    The number of check rounds (passes over the input files).
+  """
+  queues = collections.defaultdict(list)
   for cand in candidates:
     if cand.reason is None:
-      groups[cand.subset].append(cand)
-  for subset, group in groups.items():
-    group.sort(key=lambda c: c.id)   # The choice must not depend on file order.
+      queues[cand.subset].append(cand)
+  caps, position, kept = {}, collections.Counter(), collections.Counter()
+  for subset, group in queues.items():
+    group.sort(key=lambda c: c.id)
+    order = np.random.default_rng(_subset_seed(seed, subset)).permutation(len(group))
+    queues[subset] = [group[j] for j in order]
     # Rows of one sub-set share its tier (after Vero priority a sub-set has one source); if a
     # source mixes domains within a sub-set, the stricter (smaller) cap applies.
-    cap = min(tier_caps[c.tier] for c in group)
-    order = np.random.default_rng(_subset_seed(seed, subset)).permutation(len(group))
-    for rank, j in enumerate(order):
-      if rank >= cap:
-        group[j].reason = "over_cap"
+    caps[subset] = min(tier_caps[c.tier] for c in group)
+  rounds = 0
+  while True:
+    batch = []
+    for subset, queue in queues.items():
+      take = queue[position[subset]:position[subset] + caps[subset] - kept[subset]]
+      position[subset] += len(take)
+      batch += take
+    if not batch:
+      break
+    if check is not None:
+      check(batch)
+      rounds += 1
+    for cand in batch:
+      kept[cand.subset] += cand.reason is None
+  for subset, queue in queues.items():
+    for cand in queue[position[subset]:]:
+      cand.reason = "over_cap"
+  return rounds
 
 
 def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str | pathlib.Path,
@@ -277,9 +312,20 @@ def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str |
     if c.reason is None and c.subset in vero_subsets:
       c.reason = "vero_priority"
   budget = gb.PromptBudget(tokenizer, build_user_text) if tokenizer is not None else None
-  for s in SOURCES:
-    _check_content(s, files[s], cands[s], budget, config.filters, config.workers)
-  apply_caps(cands["vero"] + cands["mmfinereason"], config.tier_caps, config.seed)
+
+  with contextlib.ExitStack() as stack:
+    pool = None
+    if config.workers > 1:
+      import multiprocessing
+      pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(config.workers))
+
+    def check(batch: list[Candidate]) -> None:
+      for s in SOURCES:
+        _check_content(s, files[s], [c for c in batch if c.source == s], budget, config.filters,
+                       pool)
+
+    rounds = apply_caps(cands["vero"] + cands["mmfinereason"], config.tier_caps, config.seed,
+                        check)
 
   directory = tfds_source.dataset_dir(out, NAME)
   lengths = records.write_shards(_kept_records(files, cands), directory, NAME,
@@ -288,6 +334,7 @@ def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str |
                              "ZPPO-77K (arXiv 2606.18216 §7) rebuilt from Vero-600k and "
                              "MMFineReason-SFT-586K by zppo_jax.data.zppo77k")
   report = make_report(cands, config, budget is not None, str(directory))
+  report["check_rounds"] = rounds
   out = pathlib.Path(out)
   (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
   (out / "report.md").write_text(report_markdown(report))

@@ -163,9 +163,14 @@ def _name_value(value: Any) -> str:
   return re.sub(r"[^A-Za-z0-9._+\-]", "_", text) or "_"
 
 
-def variant_name(point: Point, keys: Sequence[str]) -> str:
-  """`alias=value,...` over the keys of `point` that vary across the sweep, in sweep order."""
-  parts = [f"{short_key(k, keys)}={_name_value(point[k])}" for k in keys if k in point]
+def variant_name(point: Point, keys: Sequence[str], among: Sequence[str] | None = None) -> str:
+  """`alias=value,...` over `keys` that `point` sets, in order (`base` when there are none).
+
+  Args:
+    among: all swept keys, which the short names must tell apart (default `keys`).
+  """
+  among = keys if among is None else among
+  parts = [f"{short_key(k, among)}={_name_value(point[k])}" for k in keys if k in point]
   return ",".join(parts) or "base"
 
 
@@ -193,7 +198,7 @@ def make_variants(points: Sequence[Point]) -> list[Variant]:
   swept = tuple(k for k in keys if k in named)
   variants, seen = [], {}
   for point, own in zip(points, keys_of):
-    name = variant_name(point, [k for k in swept if k in own])
+    name = variant_name(point, [k for k in swept if k in own], swept)
     if name in seen:
       if seen[name] == point:
         continue  # The very same point listed twice: one variant.

@@ -209,19 +209,47 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
         ax.legend(fontsize=7)
     save(fig, f"by_{alias.replace('.', '_')}.png")
 
-  # Replay-buffer graduations per variant (the method comparison of the paper).
-  grads = [(v.name, r) for v, r in zip(variants, rows) if r.get("admitted") is not None]
+  # Replay-buffer graduations per variant (the method comparison of the paper): totals, and the
+  # fraction graduated by plain accuracy at admission (the paper's figure 4), side by side.
+  grads = [(v, r) for v, r in zip(variants, rows) if r.get("admitted") is not None]
   if grads:
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(grads) + 2), 4))
+    bins = {v.name: graduation_bins(curves[v.run_name]) for v, _ in grads}
+    labels = sorted({b for per in bins.values() for b in per}, key=float)
+    fig, axes = plt.subplots(1, 2 if labels else 1, squeeze=False,
+                             figsize=(max(6, 0.7 * len(grads) + 2) * (2 if labels else 1), 4))
+    ax = axes[0][0]
     xs = range(len(grads))
     ax.bar([x - 0.2 for x in xs], [r["admitted"] for _, r in grads], 0.4, label="admitted")
     ax.bar([x + 0.2 for x in xs], [r.get("graduated") or 0.0 for _, r in grads], 0.4,
            label="graduated")
-    ax.set_xticks(list(xs), [n for n, _ in grads], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(list(xs), [v.name for v, _ in grads], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="questions (cumulative)", title="Replay buffer: admitted and graduated")
     ax.legend(fontsize=8)
+    if labels:
+      ax = axes[0][1]
+      width = 0.8 / len(grads)
+      for i, (v, _) in enumerate(grads):
+        heights = [bins[v.name].get(b, 0.0) for b in labels]
+        ax.bar([j + (i - (len(grads) - 1) / 2) * width for j in range(len(labels))], heights,
+               width, label=v.name, color=f"C{i % 10}")
+      ax.set_xticks(range(len(labels)), labels, fontsize=8)
+      ax.set(xlabel="plain accuracy when admitted", ylabel="fraction graduated",
+             title="Graduation by entry accuracy", ylim=(0, 1.05))
+      ax.legend(fontsize=6)
     save(fig, "graduations.png")
   return written
+
+
+def graduation_bins(rows: list[dict]) -> dict[str, float]:
+  """Entry-accuracy bin -> graduated / admitted, from the last row's `buffer/*_bin/<bin>` totals."""
+  last = rows[-1] if rows else {}
+  out = {}
+  for key, value in last.items():
+    if key.startswith("buffer/admitted_bin/") and state_lib.number(value):
+      b = key.rsplit("/", 1)[-1]
+      graduated = state_lib.number(last.get(f"buffer/graduated_bin/{b}")) or 0.0
+      out[b] = graduated / state_lib.number(value)
+  return out
 
 
 def _others(variant: hyper.Variant, key: str) -> str:

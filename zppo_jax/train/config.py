@@ -54,7 +54,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.param_dtype = "bfloat16"
   c.teacher.compute_dtype = "bfloat16"
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
-  c.teacher.endpoint = ""         # optional OpenAI-compatible URL for teacher text jobs.
 
   c.data = ml_collections.ConfigDict()
   c.data.train_path = ""          # JSONL or Parquet prompt records (id, question, answer).

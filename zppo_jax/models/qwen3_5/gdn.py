@@ -122,11 +122,13 @@ def _exp_where(ok, log_x):
 _LOG_TINY = -20.0
 
 
+@jax.custom_vjp
 def _unit_lower_inverse(strict_lower):
   """(I + L)^-1 for strictly lower triangular L [..., C, C], by forward substitution.
 
   Row i of the inverse is e_i - sum_{j<i} L_ij row_j: C small batched steps. On CPU this is
-  several times faster than XLA's batched triangular solve, and it differentiates as a scan.
+  several times faster than XLA's batched triangular solve. The gradient is the closed form
+  dL = -strict_tril(M^T dM M^T) with M the inverse, not a differentiated loop.
   """
   c = strict_lower.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(c, dtype=strict_lower.dtype), strict_lower.shape)
@@ -138,6 +140,19 @@ def _unit_lower_inverse(strict_lower):
         inverse, jax.lax.dynamic_index_in_dim(inverse, i, -2, False) + update, i, axis=-2)
 
   return jax.lax.fori_loop(1, c, row, eye)
+
+
+def _unit_lower_inverse_fwd(strict_lower):
+  inverse = _unit_lower_inverse(strict_lower)
+  return inverse, inverse
+
+
+def _unit_lower_inverse_bwd(inverse, grad):
+  t = jnp.swapaxes(inverse, -1, -2)
+  return (-jnp.tril(t @ grad @ t, -1),)
+
+
+_unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
 def _to_chunks(x, num_chunks, chunk):
