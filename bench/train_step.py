@@ -111,7 +111,7 @@ def main():
     loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), lcfg.max_grad_norm)
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
   start = time.perf_counter()
   first = run_ours()
