@@ -86,7 +86,7 @@ def _run(num_processes: int, out_dir: pathlib.Path) -> dict:
   logs = []
   for p in procs:
     try:
-      logs.append(p.communicate(timeout=240)[0].decode(errors="replace"))
+      logs.append(p.communicate(timeout=900)[0].decode(errors="replace"))
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()

@@ -130,7 +130,7 @@ class RunShape:
     prompts: prompts per step (|X_new| + |X_replay|).
     rollout_rows / teacher_rows: rows of one compiled decode program (all chips together).
     train_rows: rows of one update's micro-batch (all chips together), and micro_batches of them.
-    tensor: tensor-parallel size of the student's (and the teacher's) mesh.
+    tensor: tensor-parallel size of the student's mesh; teacher_tensor: of the teacher's.
     teacher_fraction: share of the chips that run the teacher (0 = shares the student's).
     teacher_fp8: teacher weights in FP8 with block scales.
     opt_state_dtype: Adam moments' dtype.
@@ -148,6 +148,7 @@ class RunShape:
   train_rows: int
   micro_batches: int
   tensor: int
+  teacher_tensor: int
   teacher_fraction: float
   teacher_fp8: bool
   opt_state_dtype: str
@@ -165,7 +166,7 @@ def _preset(checkpoint: str):
   return mc.PRESETS[key]
 
 
-def run_shape(config, *, tensor: int = 1, remat: str = "full", rollout_rows: int = 0,
+def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, remat: str = "full", rollout_rows: int = 0,
               teacher_rows: int = 0, train_rows: int = 0, micro_batches: int = 2,
               teacher_fp8: bool | None = None, student_preset=None, teacher_preset=None
               ) -> RunShape:
@@ -187,6 +188,7 @@ def run_shape(config, *, tensor: int = 1, remat: str = "full", rollout_rows: int
       group=int(config.rl.group_size), teacher_group=int(config.rl.teacher_group_size),
       prompts=prompts, rollout_rows=rollout_rows, teacher_rows=teacher_rows,
       train_rows=train_rows, micro_batches=micro_batches, tensor=tensor,
+      teacher_tensor=tensor if teacher_tensor is None else teacher_tensor,
       teacher_fraction=float(config.teacher.device_fraction), teacher_fp8=bool(teacher_fp8),
       opt_state_dtype=str(config.optim.state_dtype))
 
@@ -385,7 +387,7 @@ def compile_train(shape: RunShape, devices, hbm: float) -> Program:
 
 
 def compile_rollout(name: str, cfg, rows: int, group: int, shape: RunShape, devices, hbm: float,
-                    fp8: bool = False) -> tuple[Program, Program]:
+                    fp8: bool = False, tensor: int = 1) -> tuple[Program, Program]:
   """The sampler's prefill of rows / group prompts and its decode loop over `rows` rows."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -394,7 +396,7 @@ def compile_rollout(name: str, cfg, rows: int, group: int, shape: RunShape, devi
   from zppo_jax import parallel  # pylint: disable=import-outside-toplevel
   from zppo_jax.sampling import filters, loop as rollout  # pylint: disable=import-outside-toplevel
 
-  mesh = _mesh(devices, shape.tensor)
+  mesh = _mesh(devices, tensor)
   model = _abstract_model(cfg, fp8)
   graphdef, state = nnx.split(model)
   cache_len = shape.prompt_len + shape.max_new
@@ -439,7 +441,7 @@ def compile_rollout(name: str, cfg, rows: int, group: int, shape: RunShape, devi
   pre.tokens = prompts * shape.prompt_len
   pre.flops = pre.hw_flops = forward_flops(cfg, pre.tokens, shape.prompt_len / 2)
   weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  weights_per_chip = weights / shape.tensor
+  weights_per_chip = weights / tensor
   # One decode step: every row makes a token; mean context prompt + max_new / 2.
   context = shape.prompt_len + shape.max_new / 2
   dec.tokens = rows
@@ -470,12 +472,16 @@ def _largest_pow2(n: int) -> int:
 
 
 def auto_rows(cfg, shape: RunShape, chips: int, hbm: float, want: int, group: int,
-              fp8: bool = False) -> int:
-  """Largest power-of-two rollout batch (a multiple of `group`, at most `want`) whose weights plus
-  decode cache take at most 75% of the chips' HBM by the formula (the compile then checks)."""
-  per_chip_weights = _weight_bytes(cfg, fp8) / shape.tensor
-  per_row = cache_bytes_per_row(cfg, shape.prompt_len + shape.max_new) + \
-      shape.max_new * 12 + cfg.vocab_size
+              fp8: bool = False, tensor: int = 1) -> int:
+  """Largest power-of-two rollout batch (a multiple of `group`, at most `want`) that fits by the
+  formula in 75% of the chips' HBM: weights, each row's decode cache and buffers, and the prefill's
+  attention scores (fp32 logits + probabilities [N, L, S] per prompt, which the sampler's prefill
+  materialises in one piece). The compile then checks."""
+  per_chip_weights = _weight_bytes(cfg, fp8) / tensor
+  slots = shape.prompt_len + shape.max_new
+  per_row = cache_bytes_per_row(cfg, slots) + shape.max_new * 12 + cfg.vocab_size
+  scores = cfg.num_attention_heads / tensor * shape.prompt_len * slots * 6
+  per_row += scores / group
   room = 0.75 * hbm * chips - per_chip_weights * chips
   rows = _largest_pow2(max(group, min(want, int(room // per_row)))) if room > 0 else group
   return max(group, rows - rows % group)
@@ -497,7 +503,7 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
                                                 / np.dtype(shape.student.param_dtype).itemsize)
   train_state /= len(student_devices)
   sampler_weights = _weight_bytes(shape.student) / shape.tensor
-  teacher_weights = _weight_bytes(shape.teacher, shape.teacher_fp8) / shape.tensor
+  teacher_weights = _weight_bytes(shape.teacher, shape.teacher_fp8) / shape.teacher_tensor
   done: list[Program] = []
   if "train" in programs:
     p = compile_train(shape, student_devices, hbm)
@@ -506,8 +512,10 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
     log(_format_row(p.row(chip)))
   if "rollout" in programs:
     n = shape.rollout_rows or auto_rows(shape.student, shape, len(student_devices), hbm,
-                                        shape.prompts * shape.group, shape.group)
-    for p in compile_rollout("", shape.student, n, shape.group, shape, student_devices, hbm):
+                                        shape.prompts * shape.group, shape.group,
+                                        tensor=shape.tensor)
+    for p in compile_rollout("", shape.student, n, shape.group, shape, student_devices, hbm,
+                             tensor=shape.tensor):
       p.resident = train_state + (teacher_weights if shared else 0.0)
       p.rows = n
       done.append(p)
@@ -515,9 +523,9 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
   if "teacher" in programs:
     n = shape.teacher_rows or auto_rows(shape.teacher, shape, len(teacher_devices), hbm,
                                         shape.prompts * shape.teacher_group, shape.teacher_group,
-                                        shape.teacher_fp8)
+                                        shape.teacher_fp8, shape.teacher_tensor)
     for p in compile_rollout("t_", shape.teacher, n, shape.teacher_group, shape, teacher_devices,
-                             hbm, fp8=shape.teacher_fp8):
+                             hbm, fp8=shape.teacher_fp8, tensor=shape.teacher_tensor):
       p.resident = (train_state + sampler_weights) if shared else 0.0
       p.rows = n
       done.append(p)
@@ -587,6 +595,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--config", required=True)
   parser.add_argument("--topology", required=True, help="e.g. v5p-128, v6e-64, v5e-16, v4-32")
   parser.add_argument("--tensor", type=int, default=1, help="tensor-parallel size")
+  parser.add_argument("--teacher-tensor", type=int, default=None,
+                      help="tensor-parallel size of the teacher's mesh (default --tensor)")
   parser.add_argument("--remat", default="full", choices=("none", "dots", "full"))
   parser.add_argument("--rollout-rows", type=int, default=0, help="0 = the largest that fits")
   parser.add_argument("--teacher-rows", type=int, default=0, help="0 = the largest that fits")
@@ -609,14 +619,16 @@ def main(argv: list[str]) -> int:
   config = config_lib.load_config(args.config, args.override)
   if args.teacher_fraction is not None:
     config.teacher.device_fraction = args.teacher_fraction
-  shape = run_shape(config, tensor=args.tensor, remat=args.remat, rollout_rows=args.rollout_rows,
+  shape = run_shape(config, tensor=args.tensor, teacher_tensor=args.teacher_tensor,
+                    remat=args.remat, rollout_rows=args.rollout_rows,
                     teacher_rows=args.teacher_rows, train_rows=args.train_rows,
                     teacher_fp8=args.teacher_fp8)
   topo = parse_topology(args.topology)
   print(f"plan {config.name} on {topo.name} ({topo.chips} chips {topo.desc}, "
         f"{topo.chip.hbm_gib:g} GiB HBM each): student {config.student.checkpoint} remat "
         f"{args.remat}, teacher {config.teacher.checkpoint}{' fp8' if shape.teacher_fp8 else ''}, "
-        f"tensor={args.tensor}, teacher fraction {shape.teacher_fraction}")
+        f"tensor={shape.tensor}, teacher tensor={shape.teacher_tensor}, "
+        f"teacher fraction {shape.teacher_fraction}")
   print(HEADER)
   result = plan(shape, topo, tuple(args.programs.split(",")))
   result["suggested"] = None
