@@ -1,4 +1,4 @@
-"""FP8 block-scaled teacher: the published checkpoint format, kept in fp8, dequantised in the matmul."""
+"""The FP8 teacher: published block-scaled format, kept in fp8, dequantised inside the matmul."""
 import json
 import os
 

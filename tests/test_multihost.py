@@ -47,7 +47,7 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from zppo_jax.models.qwen3_5 import Qwen3_5ForCausalLM  # pylint: disable=import-outside-toplevel
   from zppo_jax.models.qwen3_5.config import tiny  # pylint: disable=import-outside-toplevel
-  from zppo_jax.train.learner import Learner, LearnerConfig  # pylint: disable=import-outside-toplevel
+  from zppo_jax.train.learner import Learner, LearnerConfig  # pylint: disable=C0415
 
   assert jax.device_count() == 8 and jax.local_device_count() == 8 // num_processes
   mesh = parallel.make_mesh(data=1, fsdp=-1, tensor=1)

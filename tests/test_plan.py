@@ -1,4 +1,4 @@
-"""`zppo plan`: topology names, the cost formula, and an AOT compile of the tiny run for a TPU slice."""
+"""`zppo plan`: topology names, the cost formula, an AOT compile of the tiny run for a TPU slice."""
 import numpy as np
 import pytest
 

@@ -166,7 +166,8 @@ def _preset(checkpoint: str):
   return mc.PRESETS[key]
 
 
-def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, remat: str = "full", rollout_rows: int = 0,
+def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, remat: str = "full",
+              rollout_rows: int = 0,
               teacher_rows: int = 0, train_rows: int = 0, micro_batches: int = 2,
               teacher_fp8: bool | None = None, student_preset=None, teacher_preset=None
               ) -> RunShape:
@@ -562,7 +563,8 @@ def step_seconds(shape: RunShape, programs: dict[str, Program], chip: Chip) -> d
   return out
 
 
-HEADER = (f"{'program':<10} {'chips':>5} {'rows':>5} {'args':>7} {'temp':>7} {'out':>7} {'resid':>7} "
+HEADER = (f"{'program':<10} {'chips':>5} {'rows':>5} {'args':>7} {'temp':>7} {'out':>7} "
+          f"{'resid':>7} "
           f"{'total':>7} {'HBM':>6} {'fits':>4} {'TFLOP':>9} {'est s':>8} {'tok/s':>10} "
           f"{'MFU':>5}")
 
@@ -571,7 +573,8 @@ def _format_row(r: dict[str, Any]) -> str:
   if r["error"]:
     return f"{r['program']:<10} {r['chips']:>5} {r['rows']:>5}  error: {r['error']}"
   return (f"{r['program']:<10} {r['chips']:>5} {r['rows']:>5} {r['args_gib']:>7.2f} "
-          f"{r['temp_gib']:>7.2f} {r['out_gib']:>7.2f} {r['resident_gib']:>7.2f} {r['total_gib']:>7.2f} "
+          f"{r['temp_gib']:>7.2f} {r['out_gib']:>7.2f} {r['resident_gib']:>7.2f} "
+          f"{r['total_gib']:>7.2f} "
           f"{r['hbm_gib']:>6.1f} {'yes' if r['fits'] else 'NO':>4} {r['tflop']:>9.1f} "
           f"{r['est_s']:>8.3f} {r['tokens_per_s']:>10.0f} {r['mfu']:>5.2f}")
 

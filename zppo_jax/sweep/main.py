@@ -8,16 +8,17 @@
 
 Each variant trains in `ROOT/<variant>` (ROOT defaults to `runs/<config name>`), named from its
 swept keys, e.g. `runs/demo/method=zppo`. Locally the variants run one after another; a second call
-skips the finished ones and resumes the half-finished one. `--launcher=tpu` submits each variant to its
-own slice `<--name>-<index>` through `launch/tpu_run.sh` (TPU flags: --project --zone
+skips the finished ones and resumes the half-finished one. `--launcher=tpu` submits each variant to
+its own slice `<--name>-<index>` through `launch/tpu_run.sh` (TPU flags: --project --zone
 --accelerator-type --name [--version] [--max-restarts] [--create]). `--only` picks variants:
 `method=zppo` (every variant whose name has that item), `'method=grpo*'` (a glob over names),
 alternatives separated by `|`. `--config.KEY=V` overrides apply to every variant (a smaller
 `total_steps`, say); they are kept in `ROOT/sweep.json`, which `status` and `report` read when
 given no overrides of their own.
 
-  zppo sweep --config=configs/demo.py --config.total_steps=4
-  zppo sweep report --config=configs/demo.py --config.total_steps=4
+  zppo sweep --config=configs/demo.py --config.total_steps=4   # every method, one after another
+  zppo sweep status --config=configs/demo.py
+  zppo sweep report --config=configs/demo.py                   # runs/demo/sweep_report.md, plots/
 """
 from __future__ import annotations
 

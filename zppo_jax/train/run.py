@@ -131,9 +131,13 @@ def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
   for kind in ("bcq", "ncq", "hint", "prefix"):
     built = total(f"groups/{kind}")
     if built:
+      signal = sum(round((1 - r.get(f"zero_adv/{kind}", 1.0)) * r.get(f"groups/{kind}", 0))
+                   for r in rows)
       lines.append(f"  {kind.upper()}: built {built}, solved (>= 1 correct rollout) "
-                   f"{total(f'solved/{kind}')}, groups with a learning signal "
-                   f"{built - int(sum(r.get(f'zero_adv/{kind}', 0) * r.get(f'groups/{kind}', 0) for r in rows))}")
+                   f"{total(f'solved/{kind}')}, with a learning signal (non-zero advantages) "
+                   f"{signal}")
+  hard_fail = sum(r.get("groups/plain", 0) - r.get("solved/plain", 0) for r in rows)
+  lines.append(f"  plain groups where every rollout failed (no signal for GRPO): {hard_fail}")
   before = summary.get("eval_before", {}).get("eval/accuracy")
   after = summary.get("eval_after", {}).get("eval/accuracy")
   if before is not None and after is not None:

@@ -1,4 +1,4 @@
-"""The step loop of every method of the paper (shared/ZPPO_SPEC.md §2, Algorithm 1), and `zppo train`.
+"""The step loop of every method of the paper (shared/ZPPO_SPEC.md §2, Algorithm 1).
 
 One step: fresh prompts ∪ replayed prompts → G_S student rollouts each → grading → hard set →
 teacher rollouts on every hard question → pre-cap → BCQ / NCQ (or hint, or prefix) prompts →

@@ -2,11 +2,11 @@
 
 The format (``quantization_config`` in config.json: ``quant_method: fp8``, ``fmt: e4m3``,
 ``weight_block_size: [128, 128]``, ``activation_scheme: dynamic``) stores each quantised linear
-layer as an ``float8_e4m3fn`` ``weight`` [out, in] and a ``weight_scale_inv`` [⌈out/b0⌉, ⌈in/b1⌉];
-the real weight is ``weight[i, j] * weight_scale_inv[i // b0, j // b1]``. Norms, the embedding, the
-LM head and the small GDN tensors (``in_proj_a``/``in_proj_b``, conv, ``A_log``, ``dt_bias``) stay in
-bf16; which layers are quantised is read from the checkpoint itself (a ``weight_scale_inv`` next to
-the weight), so ``modules_to_not_convert`` needs no parsing.
+layer as a ``float8_e4m3fn`` ``weight`` [out, in] and a ``weight_scale_inv`` [⌈out/b0⌉, ⌈in/b1⌉];
+the real weight is ``weight[i, j] * weight_scale_inv[i // b0, j // b1]``. Norms, the embedding,
+the LM head and the small GDN tensors (``in_proj_a``/``in_proj_b``, conv, ``A_log``, ``dt_bias``)
+stay in bf16; which layers are quantised is read from the checkpoint itself (a
+``weight_scale_inv`` next to the weight), so ``modules_to_not_convert`` needs no parsing.
 
 `Fp8Dense` keeps the kernel in fp8 on device ([in, out], our layout) with its scales and
 dequantises inside the matmul (XLA fuses the convert and the scaling into the dot's operand, so the
