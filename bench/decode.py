@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import statistics
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from forward import matmul_flops_per_second  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 from zppo_jax.models.qwen3_5.config import ModelConfig  # noqa: E402
 from zppo_jax.sampling import Sampler, SamplingParams  # noqa: E402
@@ -58,19 +61,6 @@ def decode_step_flops(cfg: ModelConfig, rows: int, keys: float) -> float:
       extra += 2 * 2 * cfg.linear_num_value_heads * cfg.linear_key_head_dim * (
           cfg.linear_value_head_dim)
   return rows * (2.0 * matmul_params + extra)
-
-
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
-  """The CPU's f32 matmul rate: median over repeats of a size x size `jnp.dot`."""
-  a = jax.random.normal(jax.random.key(0), (size, size))
-  dot = jax.jit(jax.numpy.dot)
-  dot(a, a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, a).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2.0 * size**3 / statistics.median(times)
 
 
 def _timed(fn):
