@@ -476,12 +476,13 @@ def auto_rows(cfg, shape: RunShape, chips: int, hbm: float, want: int, group: in
               fp8: bool = False, tensor: int = 1) -> int:
   """Largest power-of-two rollout batch (a multiple of `group`, at most `want`) that fits by the
   formula in 75% of the chips' HBM: weights, each row's decode cache and buffers, and the prefill's
-  attention scores (fp32 logits + probabilities [N, L, S] per prompt, which the sampler's prefill
-  materialises in one piece). The compile then checks."""
+  attention scores ([N, L, S] per prompt, which the sampler's prefill materialises in one piece;
+  the heads are split over `tensor` but so are the chips). The compile then checks."""
   per_chip_weights = _weight_bytes(cfg, fp8) / tensor
   slots = shape.prompt_len + shape.max_new
   per_row = cache_bytes_per_row(cfg, slots) + shape.max_new * 12 + cfg.vocab_size
-  scores = cfg.num_attention_heads / tensor * shape.prompt_len * slots * 6
+  # fp32 logits, fp32 probabilities and a bf16 copy: ~10 bytes a score (measured on v5p: 15).
+  scores = cfg.num_attention_heads * shape.prompt_len * slots * 10
   per_row += scores / group
   room = 0.75 * hbm * chips - per_chip_weights * chips
   rows = _largest_pow2(max(group, min(want, int(room // per_row)))) if room > 0 else group

@@ -109,21 +109,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.demo = ml_collections.ConfigDict()
   c.demo.enabled = False          # build the procedural task, tokenizer and warm-started models
   c.demo.cache_dir = ""
-  c.demo.train_levels = (1, 2, 3, 4)
+  c.demo.train_levels = (1, 2, 3)
   c.demo.eval_level = 3
   c.demo.num_train = 4096
   c.demo.num_eval = 64
   c.demo.vocab_size = 512
   c.demo.student_hidden = 64
   c.demo.student_layers = 4
-  c.demo.teacher_hidden = 128
+  c.demo.teacher_hidden = 96
   c.demo.teacher_layers = 4
   c.demo.student_sft_levels = (1, 2)
-  c.demo.teacher_sft_levels = (1, 2, 3, 4)
+  c.demo.teacher_sft_levels = (1, 2, 3)
   c.demo.sft_examples_per_level = 2000
-  c.demo.student_sft_steps = 600
-  c.demo.teacher_sft_steps = 900
-  c.demo.sft_batch = 32
+  c.demo.student_sft_steps = 400
+  c.demo.teacher_sft_steps = 400
+  c.demo.sft_batch = 16
   c.demo.sft_lr = 3e-3
   return c
 
