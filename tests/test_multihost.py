@@ -73,7 +73,7 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   distributed.sync("done")
 
 
-def _run(num_processes: int, out_dir: pathlib.Path) -> dict:
+def _run(num_processes: int, out_dir: pathlib.Path, attempts: int = 2) -> dict:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -91,8 +91,12 @@ def _run(num_processes: int, out_dir: pathlib.Path) -> dict:
       for q in procs:
         q.kill()
       raise
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
+  failed = [log for p, log in zip(procs, logs) if p.returncode != 0]
+  # Gloo's rendezvous on a loaded 2-core host can time out while connecting the ranks; that is the
+  # transport's set-up failing, not the computation, so such a run is started once more.
+  if failed and attempts > 1 and any("[Gloo]" in log for log in failed):
+    return _run(num_processes, out_dir, attempts - 1)
+  assert not failed, failed[0][-3000:]
   return dict(np.load(out))
 
 
