@@ -28,9 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
-from forward import matmul_flops_per_second  # noqa: E402
+from forward import matmul_flops_per_second, reference_model  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 from zppo_jax.models.qwen3_5.config import ModelConfig  # noqa: E402
 from zppo_jax.sampling import Sampler, SamplingParams  # noqa: E402
@@ -80,12 +79,7 @@ def main():
   torch.set_num_threads(THREADS)
   cfg = qwen3_5.bench_small()
 
-  torch.manual_seed(0)
-  hf_config = cfg.to_hf()
-  for key in ("architectures", "model_type", "dtype"):
-    hf_config.pop(key)
-  reference = transformers.Qwen3_5ForCausalLM(
-      transformers.Qwen3_5TextConfig(**hf_config)).eval()
+  reference = reference_model(cfg).eval()
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
     ours = qwen3_5.load_pretrained(path)

@@ -73,6 +73,15 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
   return 2.0 * size**3 / statistics.median(times)
 
 
+def reference_model(cfg: ModelConfig) -> transformers.Qwen3_5ForCausalLM:
+  """transformers' Qwen3.5 text model with `cfg`'s shapes and seed-0 random weights."""
+  torch.manual_seed(0)
+  hf_config = cfg.to_hf()
+  for key in ("architectures", "model_type", "dtype"):
+    hf_config.pop(key)
+  return transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**hf_config))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=4)
@@ -83,12 +92,7 @@ def main():
   torch.set_num_threads(THREADS)
   cfg = qwen3_5.bench_small()
 
-  torch.manual_seed(0)
-  hf_config = cfg.to_hf()
-  for key in ("architectures", "model_type", "dtype"):
-    hf_config.pop(key)
-  reference = transformers.Qwen3_5ForCausalLM(
-      transformers.Qwen3_5TextConfig(**hf_config)).eval()
+  reference = reference_model(cfg).eval()
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
     ours = qwen3_5.load_pretrained(path, dtype=jnp.float32)

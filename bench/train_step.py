@@ -32,9 +32,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
-from forward import matmul_flops_per_second, model_flops  # noqa: E402
+from forward import matmul_flops_per_second, model_flops, reference_model  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 from zppo_jax.train import learner as learner_lib  # noqa: E402
 
@@ -83,11 +82,7 @@ def main():
   torch.set_num_threads(THREADS)
   cfg = qwen3_5.bench_small()
 
-  torch.manual_seed(0)
-  hf_config = cfg.to_hf()
-  for key in ("architectures", "model_type", "dtype"):
-    hf_config.pop(key)
-  reference = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**hf_config))
+  reference = reference_model(cfg)
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
     ours = qwen3_5.load_pretrained(path, dtype=jnp.float32, remat=args.remat)
