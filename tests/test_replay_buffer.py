@@ -18,6 +18,11 @@ def add(buf, accs):
   return buf.update(accs, {q: rec(q) for q in accs})
 
 
+def test_defaults_are_the_papers():
+  buf = ReplayBuffer()
+  assert (buf.capacity, buf.threshold, len(buf)) == (10_000, 0.5, 0)  # |B|max and τ.
+
+
 def test_admission_below_threshold_only():
   buf = ReplayBuffer(capacity=10, threshold=0.5)
   step = add(buf, {"a": 0.0, "b": 0.375, "c": 0.5, "d": 1.0})

@@ -63,6 +63,8 @@ def test_last_box_is_graded():
 @pytest.mark.parametrize("text, expected", [
     ("30°", "30"), ("30^\\circ", "30"), ("30^{\\circ}", "30"), ("30\\circ", "30"),
     ("30\\deg", "30"), ("50%", "50"), ("50\\%", "50"), ("45^{\\circ}C", "45C"),
+    ("45 degrees", "45"), ("1 degree", "1"), ("45\\text{ degrees}", "45"), ("50 percent", "50"),
+    ("degreesx", "degreesx"), ("xdegree", "xdegree"),  # Only whole words.
 ])
 def test_strip_degree_percent(text, expected):
   assert strip_degree_percent(text) == expected
@@ -144,3 +146,52 @@ def test_free_form_gold_skips_symbolic_algebra():
 ])
 def test_never_raises(answer, gold):
   assert grade_answer(answer, gold) in (0.0, 1.0)  # type: ignore[arg-type]
+
+
+def test_no_format_reward_and_no_length_penalty():
+  """Spec §5: only the final answer counts, not the format or the length around it."""
+  assert grade_local("\\boxed{7}", "7") == 1.0  # No <think> block: no penalty.
+  long = "<think>" + "hmm " * 5000 + "</think>" + "filler " * 5000 + "\\boxed{7}"
+  assert grade_local(long, "7") == 1.0
+  assert grade_local("<think>neat</think> The answer is \\boxed{8}.", "7") == 0.0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1.0e3", "1000"), ("2.5E-3", "0.0025"), ("5e+2", "500"), (".5e1", "5"),
+    ("6.02\\times10^{23}", "602000000000000000000000"), ("1.5 \\cdot 10^{4}", "15000"),
+    ("3\\times 10^2 + 1", "300 + 1"), ("(1e3, 2e3)", "(1000, 2000)"), ("10^{1e3}", "10^{1000}"),
+    ("1e200", "1\\times10^{200}"),  # Beyond ±100 the power of ten stays.
+    ("2e", "2e"), ("e^3", "e^3"), ("3e x", "3e x"), ("1e3x", "1e3x"), ("a1e3", "a1e3"),
+    ("x_1e2", "x_1e2"), ("x^2.5\\times10^3", "x^2.5\\times10^3"),
+    ("1.5\\times 10^2.5", "1.5\\times 10^2.5"),
+])
+def test_normalize_scientific(text, expected):
+  assert grading.normalize_scientific(text) == expected
+
+
+@pytest.mark.parametrize("answer, gold", [
+    ("1.0e3", "1000"), ("45°", "\\frac{\\pi}{4}"), ("45^\\circ", "\\frac{\\pi}{4}"),
+    ("\\frac{\\pi}{6}", "30^{\\circ}"), ("e^{i\\pi}", "-1"),
+])
+def test_the_new_rules_are_what_makes_these_match(monkeypatch, answer, gold):
+  """Scientific notation, degrees vs radians and the imaginary unit: each pair needs its rule."""
+  assert grade_answer(answer, gold) == 1.0
+  monkeypatch.setattr(grading, "normalize_scientific", lambda s: s)
+  monkeypatch.setattr(grading, "_radian_equal", lambda *a: False)
+  monkeypatch.setattr(grading, "_imaginary", lambda parsed: None)
+  assert grade_answer(answer, gold) == 0.0
+
+
+@pytest.mark.parametrize("answer, gold", [
+    ("45°", "\\frac{\\pi}{3}"), ("45", "\\frac{\\pi}{4}"), ("\\frac{\\pi}{4}", "45"),
+    ("90^\\circ", "\\pi"), ("45°", "0.785398"),  # Radians only against an expression in pi.
+    ("i", "1"), ("e^{i\\pi}", "1"), ("2e3", "2e-3"), ("2e", "2"),
+])
+def test_the_new_rules_keep_wrong_answers_wrong(answer, gold):
+  assert grade_answer(answer, gold) == 0.0
+
+
+def test_matrix_gold_is_math_not_prose():
+  assert not is_free_form("\\begin{pmatrix}1 & 2\\\\ 3 & 4\\end{pmatrix}")
+  assert grade_answer("\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}",
+                      "\\begin{pmatrix}1 & 2\\\\ 3 & 4\\end{pmatrix}") == 1.0

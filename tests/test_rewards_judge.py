@@ -128,3 +128,53 @@ def test_grade_batch_asks_the_judge_only_about_free_form_failures():
     assert [i.question for i in judge.seen] == ["q3", "q4"]
     assert judge.seen[0].response == "\\boxed{a rose} RIGHT"  # Reasoning removed.
     assert grade_batch(items, pool) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+class _CharTokenizer:
+  """A stand-in tokenizer: one id per character, a fixed chat wrapper around the user turn."""
+
+  def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+    assert not tokenize and add_generation_prompt
+    return f"<user>{messages[0]['content']}</user><assistant>"
+
+  def __call__(self, text, add_special_tokens):
+    return {"input_ids": [ord(c) for c in text]}
+
+  def decode(self, ids, skip_special_tokens):
+    return "".join(chr(i) for i in ids)
+
+
+def test_teacher_judge_decodes_greedily_with_512_tokens_and_strict_json():
+  """The in-process judge (spec §5): the teacher at temperature 0, one sample, at most 512 new
+  tokens, whatever the teacher's rollout sampling is; malformed output is wrong."""
+  import dataclasses
+  import types
+
+  from zppo_jax.sampling import SamplingParams
+  from zppo_jax.train.teacher import TeacherJudge
+
+  stop = 3
+  replies = {"RIGHT": '{"verdict": "correct"}', "WRONG": '{"verdict": "wrong"}',
+             "MALFORMED": "It is correct."}
+
+  class Sampler:
+    calls = []
+
+    def generate(self, prompts, params, seed):
+      type(self).calls.append(params)
+      texts = ["".join(chr(i) for i in p) for p in prompts]
+      reply = [next(v for k, v in replies.items() if f"<response>\n{k}\n" in t) for t in texts]
+      return types.SimpleNamespace(tokens=[[[ord(c) for c in r] + [stop]] for r in reply])
+
+  rollout_sampling = SamplingParams(temperature=1.0, top_p=1.0, num_samples=4,
+                                    max_new_tokens=12_288, stop_token_ids=(stop,))
+  teacher = types.SimpleNamespace(sampler=Sampler(), sampling=rollout_sampling)
+  judge = TeacherJudge(teacher, _CharTokenizer())
+  items = [JudgeItem("q", "g", "RIGHT"), JudgeItem("q", "g", "WRONG"),
+           JudgeItem("q", "g", "MALFORMED")]
+  assert judge.verdicts(items) == [True, False, False]
+  assert judge.verdicts([]) == []
+  (params,) = Sampler.calls
+  assert params.temperature == 0.0 and params.num_samples == 1 and params.max_new_tokens == 512
+  assert dataclasses.replace(params, temperature=1.0, num_samples=4, max_new_tokens=12_288) == \
+      rollout_sampling  # Nothing else of the rollout sampling changes.

@@ -6,9 +6,15 @@ Order of the checks, first success wins:
      options are given, the answer may be the gold option's text (and a gold option text may be
      answered by its letter).
   2. Normalised string equality (whitespace, ``\\text{}``, ``\\left``/``\\right``, a final period).
-  3. LaTeX / numeric equivalence with ``math_verify.parse`` + ``math_verify.verify``.
-  4. Once more, with degree (``°``, ``^\\circ``, ``\\circ``, ``\\deg``) and percent (``%``, ``\\%``)
-     marks stripped from both sides.
+  3. LaTeX / numeric equivalence with ``math_verify.parse`` + ``math_verify.verify`` (an
+     inequality equals the matching interval: ``x > 2`` is ``(2, \\infty)``).
+  4. Once more, with degree (``°``, ``^\\circ``, ``\\circ``, ``\\deg``, ``degrees``) and percent
+     (``%``, ``\\%``, ``percent``) marks stripped from both sides.
+  5. When one side is an angle in degrees and the other an expression in pi, the degree side is
+     also read in radians (``45°`` equals ``\\frac{\\pi}{4}``).
+Before parsing, a number in scientific notation (``1.0e3``, ``2.5\\times10^{-3}``) is written as
+its exact decimal (`normalize_scientific`). A free symbol ``i`` left after parsing is read as the
+imaginary unit on a second try (math-verify reads only ``I`` so): ``e^{i\\pi}`` equals ``-1``.
 Free-form text gold answers (see `is_free_form`) skip math-verify, whose symbol algebra would call
 ``Paris`` and ``sirap`` equal; the caller sends them to a judge when one is configured.
 
@@ -17,6 +23,7 @@ thread; elsewhere these soft timeouts are off. The hard bound (a call stuck in C
 `zppo_jax.rewards.pool.GradingPool`, which runs this module in worker processes.
 """
 import dataclasses
+import decimal
 import logging
 import re
 import threading
@@ -35,13 +42,17 @@ class GradeConfig:
 
   Attributes:
     soft_timeout_s: math-verify's own per-call timeout (whole seconds, main thread only; None
-      turns it off). Each of parse(gold), parse(answer), verify and the retry gets this much.
+      turns it off). Each of parse(gold), parse(answer), verify, the imaginary-unit retry and
+      the degree/percent and radian retries gets this much.
     max_answer_chars: answers longer than this are compared as strings only (no sympy).
     float_rounding: decimal places math-verify rounds floats to before comparing.
+    relation_as_set: compare an inequality with an interval as sets (``x > 2`` equals
+      ``(2, \\infty)``; math-verify's ``allow_set_relation_comp``).
   """
   soft_timeout_s: int | None = 5
   max_answer_chars: int = 1000
   float_rounding: int = 6
+  relation_as_set: bool = True
 
 
 DEFAULT_CONFIG = GradeConfig()
@@ -50,8 +61,22 @@ _LETTER_RE = re.compile(r"^\(?\s*([A-Z])\s*\)?\s*[.:)]?$")
 # An answer that starts with an option letter followed by its text: "B. 12", "(B) 12", "B) 12".
 _LETTER_PREFIX_RE = re.compile(r"^\(?\s*([A-Z])\s*(?:\)|\.|:)(?:\s+.*)?$", re.DOTALL)
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DEGREE_PERCENT_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\\deg|\\%|%")
+# Degree and percent marks, symbols or words (`45 degrees`, `\text{ percent}`).
+_DEGREE_MARKS = (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\\deg(?![A-Za-z])"
+                 r"|\\text\s*\{\s*degrees?\s*\}|(?<![A-Za-z\\])degrees?(?![A-Za-z])")
+_PERCENT_MARKS = r"\\%|%|\\text\s*\{\s*percent\s*\}|(?<![A-Za-z\\])percent(?![A-Za-z])"
+_DEGREE_PERCENT_RE = re.compile(_DEGREE_MARKS + "|" + _PERCENT_MARKS)
 _COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_ENVIRONMENT_RE = re.compile(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}")
+_DEGREE_RE = re.compile(_DEGREE_MARKS)
+_PI_RE = re.compile(r"\\pi(?![A-Za-z])|π")
+# A decimal mantissa and an integer exponent, as `2.5e-3` or `2.5 \times 10^{-3}`; not part of a
+# longer word, number, command or exponent.
+_SCIENTIFIC_RE = re.compile(
+    r"(?<![A-Za-z0-9.\\_^])(\d+(?:\.\d*)?|\.\d+)"
+    r"(?:[eE]([+-]?\d+)(?![A-Za-z0-9.])"
+    r"|\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*(?:\{\s*([+-]?\d+)\s*\}|(\d)(?![0-9.])))")
+_MAX_EXPONENT = 100
 
 
 def _unwrap(text: str) -> str:
@@ -99,7 +124,7 @@ def _choices_map(choices: Choices) -> dict[str, str]:
 # Letter runs that are math, not prose, when written without a backslash.
 _MATH_WORDS = frozenset(
     "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp sqrt lim max min "
-    "gcd lcm det mod deg dim ker inf sup arg".split())
+    "gcd lcm det mod deg dim ker inf sup arg degree degrees percent".split())
 
 
 def is_free_form(gold: str) -> bool:
@@ -107,18 +132,44 @@ def is_free_form(gold: str) -> bool:
 
   Prose means, once LaTeX commands and math words (``sin``, ``log``, ``max``...) are removed: a
   letter run of 4 or more (``Paris``), or two or more runs of 3 or more letters (``red car``).
-  ``x^2 + y``, ``ab + bc + ca``, ``\\frac{\\pi}{2}``, ``(1, 2]``, ``sin x cos x``, ``5 cm`` and
-  option letters are math.
+  ``x^2 + y``, ``ab + bc + ca``, ``\\frac{\\pi}{2}``, ``(1, 2]``, ``sin x cos x``, ``5 cm``,
+  matrices (``\\begin{pmatrix}...``) and option letters are math.
   """
-  runs = re.findall(r"[A-Za-z]+", _COMMAND_RE.sub(" ", _unwrap(gold)))
+  runs = re.findall(r"[A-Za-z]+", _COMMAND_RE.sub(" ", _ENVIRONMENT_RE.sub(" ", _unwrap(gold))))
   runs = [r for r in runs if r.lower() not in _MATH_WORDS]
   return any(len(r) >= 4 for r in runs) or sum(len(r) >= 3 for r in runs) >= 2
 
 
 def strip_degree_percent(text: str) -> str:
   """Removes degree and percent marks (``°``, ``^\\circ``, ``^{\\circ}``, ``\\circ``, ``\\deg``,
-  ``%``, ``\\%``)."""
+  ``%``, ``\\%``, and the words ``degree(s)`` and ``percent``)."""
   return _DEGREE_PERCENT_RE.sub("", text).strip()
+
+
+def _plain_decimal(match: re.Match) -> str:
+  mantissa = match.group(1)
+  exponent = next(e for e in match.group(2, 3, 4) if e is not None)
+  if abs(int(exponent)) > _MAX_EXPONENT:
+    return f"{mantissa}\\times10^{{{exponent}}}"
+  return format(decimal.Decimal(f"{mantissa}e{exponent}"), "f")
+
+
+def normalize_scientific(text: str) -> str:
+  """Rewrites a number in scientific notation as its exact decimal (``2.5e-3`` -> ``0.0025``).
+
+  Two reasons: math-verify reads the ``e`` of ``1.0e3`` as Euler's number, and it fails to equate
+  a float mantissa times a power of ten (``2.5\\times10^{-3}``) with the decimal. Only a number
+  directly followed by ``e``/``E`` and an integer, or by ``\\times``/``\\cdot`` and a power of
+  ten, is rewritten, so ``2e``, ``e^3``, ``3e x`` and names like ``1e3x`` keep their meaning.
+  Exponents beyond +-100 stay powers of ten.
+  """
+  return _SCIENTIFIC_RE.sub(_plain_decimal, text)
+
+
+def has_degree_mark(text: str) -> bool:
+  """Whether a text marks an angle in degrees (``°``, ``^\\circ``, ``\\circ``, ``\\degree``,
+  ``\\deg``)."""
+  return _DEGREE_RE.search(text) is not None
 
 
 def _on_main_thread() -> bool:
@@ -159,20 +210,88 @@ def _parse(text: str, timeout: int | None) -> list:
   return parsed
 
 
-def _math_equal(answer: str, gold: str, config: GradeConfig) -> bool:
-  """math-verify equivalence of two bare answers; any failure (error, timeout) is False."""
+def _scaled(parsed: list, factor) -> list:
+  """The parsed expressions times ``factor`` (the strings math-verify adds are dropped)."""
+  import sympy
+  return [x * factor for x in parsed if isinstance(x, sympy.Expr)]
+
+
+def _imaginary(parsed: list) -> list | None:
+  """The parsed expressions with a free symbol ``i`` read as the imaginary unit, or None when
+  none has one. math-verify reads only ``I`` so; in a final answer ``i`` is the unit."""
+  import sympy
+  out, changed = [], False
+  for x in parsed:
+    if isinstance(x, (sympy.Basic, sympy.MatrixBase)):
+      units = {s: sympy.I for s in x.free_symbols if getattr(s, "name", None) == "i"}
+      if units:
+        x, changed = x.subs(units), True
+    out.append(x)
+  return out if changed else None
+
+
+def _math_equal(answer: str, gold: str, config: GradeConfig, *, answer_in_degrees: bool = False,
+                gold_in_degrees: bool = False) -> bool:
+  """math-verify equivalence of two bare answers; any failure (error, timeout) is False.
+
+  Args:
+    answer: the extracted answer.
+    gold: the reference answer.
+    config: timeouts and limits.
+    answer_in_degrees: the answer is an angle in degrees (its marks stripped) to compare in
+      radians, times pi/180.
+    gold_in_degrees: the same for the gold answer.
+  """
   from math_verify import verify
+  from math_verify.errors import TimeoutException  # A BaseException, raised by soft timeouts.
+  from math_verify.utils import timeout as with_timeout
   timeout = config.soft_timeout_s if _on_main_thread() else None
   try:
     _warm_up()
-    gold_parsed = _parse(gold, timeout)
-    answer_parsed = _parse(answer, timeout)
+    gold_parsed = _parse(normalize_scientific(gold), timeout)
+    answer_parsed = _parse(normalize_scientific(answer), timeout)
     if not gold_parsed or not answer_parsed:
       return False
-    return bool(verify(gold_parsed, answer_parsed, float_rounding=config.float_rounding,
-                       timeout_seconds=timeout))
+    if answer_in_degrees or gold_in_degrees:
+      import sympy
+      radian = sympy.pi / 180
+      # Arithmetic on parsed input can evaluate, so it runs under the soft timeout too.
+      answer_parsed, gold_parsed = with_timeout(timeout)(lambda: (
+          _scaled(answer_parsed, radian) if answer_in_degrees else answer_parsed,
+          _scaled(gold_parsed, radian) if gold_in_degrees else gold_parsed))()
+
+    def equal(gold_exprs, answer_exprs):
+      return bool(verify(gold_exprs, answer_exprs, float_rounding=config.float_rounding,
+                         allow_set_relation_comp=config.relation_as_set,
+                         timeout_seconds=timeout))
+    if equal(gold_parsed, answer_parsed):
+      return True
+    # `subs` can evaluate (`i^{10^{10}}`): under the soft timeout as well.
+    gold_complex, answer_complex = with_timeout(timeout)(
+        lambda: (_imaginary(gold_parsed), _imaginary(answer_parsed)))()
+    if gold_complex is None and answer_complex is None:
+      return False
+    return equal(gold_complex or gold_parsed, answer_complex or answer_parsed)
   except Exception:  # noqa: BLE001 - sympy raises anything on odd input; a failure is a 0.
     return False
+  except TimeoutException:
+    return False
+
+
+def _radian_equal(answer: str, gold: str, config: GradeConfig) -> bool:
+  """Whether an angle in degrees on one side equals an expression in pi on the other."""
+  answer_degrees, gold_degrees = has_degree_mark(answer), has_degree_mark(gold)
+  if answer_degrees == gold_degrees:
+    return False
+  degree_side, other = (answer, gold) if answer_degrees else (gold, answer)
+  if _PI_RE.search(other) is None:
+    return False
+  degree_side = strip_degree_percent(degree_side)
+  if not degree_side:
+    return False
+  if answer_degrees:
+    return _math_equal(degree_side, gold, config, answer_in_degrees=True)
+  return _math_equal(answer, degree_side, config, gold_in_degrees=True)
 
 
 def _multiple_choice(answer: str, gold: str, options: dict[str, str], config: GradeConfig
@@ -237,8 +356,9 @@ def grade_answer(answer: str | None, gold: str, choices: Choices = None,
     if (answer_bare, gold_bare) != (answer, gold) and answer_bare and gold_bare:
       if normalize_text(answer_bare) == normalize_text(gold_bare):
         return 1.0
-      return float(_math_equal(answer_bare, gold_bare, config))
-    return 0.0
+      if _math_equal(answer_bare, gold_bare, config):
+        return 1.0
+    return float(_radian_equal(answer, gold, config))
   except Exception:  # noqa: BLE001 - grading never raises; a failure is a 0.
     _log.debug("grading failed for %r vs %r", answer, gold, exc_info=True)
     return 0.0
