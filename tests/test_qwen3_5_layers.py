@@ -119,3 +119,26 @@ def test_decoder_layer(torch_ref, hidden, index):
              mask=jnp.asarray(mask), index=None)
   got, _ = nnx.jit(lambda m, x, c: m(x, c))(ours, jnp.asarray(hidden), ctx)
   np.testing.assert_allclose(got, _np(want), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["causal", "left_padded", "packed"])
+def test_causal_block_attention_equals_full_attention(layout):
+  """Skipping the upper triangle of blocks changes nothing for real tokens."""
+  from zppo_jax.models.qwen3_5.attention import causal_block_attention, grouped_attention
+  b, t, n, kv, h = 2, 64, 4, 2, 8
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (b, t, n, h))
+  k, v = (jax.random.normal(key, (b, t, kv, h)) for key in keys[1:])
+  slot = jnp.arange(t)
+  valid = jnp.ones((b, t), bool)
+  if layout == "left_padded":
+    valid = slot[None, :] >= jnp.array([[0], [37]])
+  mask = valid[:, None, :] & (slot[None, None, :] <= slot[None, :, None])
+  if layout == "packed":
+    segment = jnp.stack([slot // 20, slot // 7])
+    mask = mask & (segment[:, :, None] == segment[:, None, :])
+  full = grouped_attention(q, k, v, mask)
+  blocked = causal_block_attention(q, k, v, mask, max_blocks=4, min_block=16)
+  real = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(blocked)[real], np.asarray(full)[real], atol=1e-5)
+  assert np.isfinite(np.asarray(blocked)).all()

@@ -42,6 +42,34 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
   return out.reshape(b, t, n, h)
 
 
+def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                           max_blocks: int = 8, min_block: int = 128) -> jax.Array:
+  """`grouped_attention` for a mask that is causal in slot order (no cache: S = T).
+
+  The queries are split into up to `max_blocks` blocks; block i attends to keys [0, end of block
+  i) only, so the all-masked upper triangle of blocks is never computed (with 8 blocks, 56% of
+  the full score matrix). Real tokens get exactly `grouped_attention`'s result; a query that may
+  attend to nothing gets the mean of the values its block reads (finite, never NaN).
+
+  Args:
+    q: float[B, T, N, H] (already scaled). k, v: float[B, T, K, H]. mask: bool[B, T, T], False
+      wherever the key slot is after the query slot.
+
+  Returns:
+    float[B, T, N, H].
+  """
+  t = q.shape[1]
+  block = max(min_block, -(-t // max_blocks))
+  if t <= block or t % block:
+    return grouped_attention(q, k, v, mask)
+  outs = []
+  for start in range(0, t, block):
+    end = start + block
+    outs.append(grouped_attention(q[:, start:end], k[:, :end], v[:, :end],
+                                  mask[:, start:end, :end]))
+  return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nnx.Module):
   """Gated grouped-query attention with q/k RMSNorm and partial interleaved mRoPE.
 
@@ -88,6 +116,7 @@ class Attention(nnx.Module):
       cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
                         v=jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
       k, v = cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype)
-    out = grouped_attention(q, k, v, mask).reshape(b, t, n * h)
+    attend = grouped_attention if cache is not None else causal_block_attention
+    out = attend(q, k, v, mask).reshape(b, t, n * h)
     out = out * jax.nn.sigmoid(gate)
     return self.o_proj(out), cache
