@@ -161,3 +161,13 @@ def test_layer_cached_decode_equals_full(layer_pair):
     out, cache = call(ours, x[:, t:t + 1], valid[:, t:t + 1], cache)
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [8, 64])
+def test_unit_lower_inverse_is_the_inverse(size):
+  """Both the row loop (small C) and the blockwise form (C = 64) invert I + L."""
+  from zppo_jax.models.qwen3_5.gdn import _unit_lower_inverse
+  lower = np.tril(np.random.RandomState(size).uniform(-0.3, 0.3, (3, size, size)), -1)
+  got = np.asarray(_unit_lower_inverse(jnp.asarray(lower, jnp.float32)))
+  want = np.linalg.inv(np.eye(size) + lower)
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -122,14 +122,8 @@ def _exp_where(ok, log_x):
 _LOG_TINY = -20.0
 
 
-@jax.custom_vjp
-def _unit_lower_inverse(strict_lower):
-  """(I + L)^-1 for strictly lower triangular L [..., C, C], by forward substitution.
-
-  Row i of the inverse is e_i - sum_{j<i} L_ij row_j: C small batched steps. On CPU this is
-  several times faster than XLA's batched triangular solve. The gradient is the closed form
-  dL = -strict_tril(M^T dM M^T) with M the inverse, not a differentiated loop.
-  """
+def _forward_substitution(strict_lower):
+  """(I + L)^-1 row by row: row i is e_i - sum_{j<i} L_ij row_j (C - 1 batched steps)."""
   c = strict_lower.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(c, dtype=strict_lower.dtype), strict_lower.shape)
 
@@ -140,6 +134,38 @@ def _unit_lower_inverse(strict_lower):
         inverse, jax.lax.dynamic_index_in_dim(inverse, i, -2, False) + update, i, axis=-2)
 
   return jax.lax.fori_loop(1, c, row, eye)
+
+
+_INVERSE_BLOCK = 16
+
+
+@jax.custom_vjp
+def _unit_lower_inverse(strict_lower):
+  """(I + L)^-1 for strictly lower triangular L [..., C, C].
+
+  Blockwise: the diagonal blocks of 16 are inverted together by forward substitution (15 small
+  steps over a quarter of the data, instead of C - 1 steps over all of it: on CPU the row loop is
+  bound by memory traffic), then block row i of the inverse follows from the rows above it,
+  X_ij = -X_ii sum_{j<=k<i} L_ik X_kj, in a few batched matmuls. The gradient is the closed form
+  dL = -strict_tril(M^T dM M^T) with M the inverse, not a differentiated loop.
+  """
+  c = strict_lower.shape[-1]
+  if c <= _INVERSE_BLOCK or c % _INVERSE_BLOCK:
+    return _forward_substitution(strict_lower)
+  nb, blk = c // _INVERSE_BLOCK, _INVERSE_BLOCK
+  lead = strict_lower.shape[:-2]
+  lb = strict_lower.reshape(*lead, nb, blk, nb, blk)
+  block = lambda i, j: lb[..., i, :, j, :]
+  diag = _forward_substitution(jnp.stack([block(i, i) for i in range(nb)], axis=-3))
+  zero = jnp.zeros((*lead, blk, blk), strict_lower.dtype)
+  x = [[zero] * nb for _ in range(nb)]
+  for i in range(nb):
+    x[i][i] = diag[..., i, :, :]
+    for j in range(i):
+      acc = sum(block(i, k) @ x[k][j] for k in range(j, i))
+      x[i][j] = -(x[i][i] @ acc)
+  rows = [jnp.concatenate(x[i], axis=-1) for i in range(nb)]
+  return jnp.concatenate(rows, axis=-2)
 
 
 def _unit_lower_inverse_fwd(strict_lower):
