@@ -1,10 +1,21 @@
-"""`zppo plan`: topology names, the cost formula, an AOT compile of the tiny run for a TPU slice."""
+"""`zppo plan`: topology names, the cost formula, the abstract learner, an AOT compile of the tiny
+run for a TPU slice."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from zppo_jax import parallel
 from zppo_jax import plan
 from zppo_jax.models.qwen3_5 import config as mc
+from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
+from zppo_jax.plan import report
 from zppo_jax.train import config as config_lib
+from zppo_jax.train import learner as learner_lib
 
 TINY_RUN = ["--config.data.max_prompt_tokens=32", "--config.sampling.max_new_tokens=32",
             "--config.rl.pack_row_len=64", "--config.rl.batch_prompts=8",
@@ -43,26 +54,81 @@ def test_flop_formula_counts_the_parameters():
       2 * 1024 * 2 * 256 * 4 * 6
 
 
-def test_suggest_returns_the_first_slice_that_fits(monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_shape():
+  config = config_lib.load_config("configs/qwen3_5_2b_zppo.py", TINY_RUN)
+  return plan.run_shape(config, student_preset=mc.tiny, teacher_preset=mc.tiny, teacher_fp8=True)
+
+
+def test_suggest_raises_the_failing_sides_tensor_then_the_chips(monkeypatch, tiny_shape):
   tried = []
 
   def fake_plan(shape, topo, log=print):
-    tried.append(topo.name)
-    return {"topology": topo.name, "fits": topo.chips >= 32}
+    tried.append((topo.name, shape.tensor, shape.teacher_tensor))
+    return {"topology": topo.name, "fits": topo.chips * shape.tensor >= 64}
 
-  monkeypatch.setattr(plan, "plan", fake_plan)
-  found = plan.suggest(None, plan.parse_topology("v6e-8"), log=lambda *_: None)
-  assert found["topology"] == "v6e-32" and tried == ["v6e-16", "v6e-32"]
+  monkeypatch.setattr(report, "plan", fake_plan)
+  found = plan.suggest(tiny_shape, plan.parse_topology("v6e-8"), ["train"], log=lambda *_: None)
+  assert tried == [("v6e-8", 2, 1), ("v6e-8", 4, 1), ("v6e-16", 1, 1), ("v6e-16", 2, 1),
+                   ("v6e-16", 4, 1)]
+  assert (found["topology"], found["tensor"], found["teacher_tensor"]) == ("v6e-16", 4, 1)
+  tried.clear()
+  assert plan.suggest(tiny_shape, plan.parse_topology("v6e-8"), ["t_prefill"], max_factor=1,
+                      log=lambda *_: None) is None
+  assert tried == [("v6e-8", 1, 2), ("v6e-8", 1, 4)]
 
 
-def test_plan_compiles_the_tiny_run_for_a_tpu_slice():
+def test_automatic_rollout_rows_halve_until_the_programs_fit(monkeypatch, tiny_shape):
+  compiled = []
+
+  def fake_rollout(name, cfg, rows, group, shape, devices, hbm, fp8=False, tensor=1):
+    compiled.append(rows)
+    error = "" if rows <= 8 else "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom"
+    return tuple(plan.Program(f"{name}{p}", len(devices), hbm, argument=1.0, error=error)
+                 for p in ("prefill", "decode"))
+
+  monkeypatch.setattr(report.topology_lib, "topology_devices", lambda topo: list(range(8)))
+  monkeypatch.setattr(report.programs_lib, "compile_rollout", fake_rollout)
+  topo = plan.parse_topology("v5e-8")
+  lines = []
+  result = plan.plan(tiny_shape, topo, programs=("teacher",), log=lines.append)
+  assert compiled == [32, 16, 8] and result["fits"], lines
+  assert [r["rows"] for r in result["programs"]] == [8, 8]
+  assert sum("trying" in line for line in lines) == 2
+  # Rows asked for are compiled as asked, fitting or not.
+  compiled.clear()
+  asked = dataclasses.replace(tiny_shape, teacher_rows=16)
+  assert not plan.plan(asked, topo, programs=("teacher",), log=lines.append)["fits"]
+  assert compiled == [16]
+
+
+def test_abstract_learner_lowers_the_same_update_as_a_real_one():
+  # The plan compiles `Learner.abstract`'s update: it must be the program a real learner runs.
+  mesh = parallel.make_mesh()
+  cfg = learner_lib.LearnerConfig(micro_batch_rows=2)
+  build = lambda: Qwen3_5ForCausalLM(mc.tiny(), rngs=nnx.Rngs(0))
+  real = learner_lib.Learner(build(), cfg, mesh=mesh)
+  abstract = learner_lib.Learner.abstract(nnx.eval_shape(build), cfg, mesh=mesh)
+  leaves = jax.tree.leaves(abstract.state)
+  assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  assert [(x.shape, x.dtype, x.sharding) for x in leaves] == \
+      [(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(real.state)]
+  row = NamedSharding(mesh, PartitionSpec((parallel.DATA, parallel.FSDP)))
+  batch = {k: jax.ShapeDtypeStruct((4, 16), dtype, sharding=row) for k, dtype in (
+      ("tokens", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
+      ("loss_mask", jnp.float32), ("advantages", jnp.float32), ("old_logprobs", jnp.float32))}
+  batch["positions"] = jax.ShapeDtypeStruct(
+      (3, 4, 16), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec(None, (parallel.DATA,
+                                                                             parallel.FSDP))))
+  assert abstract.lower_update(batch).as_text() == real.lower_update(batch).as_text()
+
+
+def test_plan_compiles_the_tiny_run_for_a_tpu_slice(tiny_shape):
   reason = plan.libtpu_available()
   if reason:
     pytest.skip(f"no TPU compiler: {reason}")
-  config = config_lib.load_config("configs/qwen3_5_2b_zppo.py", TINY_RUN)
-  shape = plan.run_shape(config, student_preset=mc.tiny, teacher_preset=mc.tiny, teacher_fp8=True)
   lines = []
-  result = plan.plan(shape, plan.parse_topology("v5e-4"), programs=("train", "teacher"),
+  result = plan.plan(tiny_shape, plan.parse_topology("v5e-4"), programs=("train", "teacher"),
                      log=lines.append)
   rows = {r["program"]: r for r in result["programs"]}
   assert set(rows) == {"train", "t_prefill", "t_decode"}, lines
