@@ -6,6 +6,11 @@ addition task (the student on the easy levels only), cached, then trained with Z
   zppo train                                           # ZPPO
   zppo train --config configs/demo.py --config.method=grpo_replay   # the comparison run
   zppo train --config configs/demo.py:tiny             # a seconds-long smoke run (tests)
+  zppo train --config configs/demo.py:visual           # the multimodal path: digits in images
+
+The visual variant asks "What is the sum of the digits in the image?" about 64 x 64 images of
+rendered digits; student and teacher are multimodal (the tiny decoders plus a one-block vision
+tower), so images flow through sampling, BCQ / NCQ prompts and the learner's packed rows.
 """
 import ml_collections
 
@@ -39,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.state_dtype = "float32"
   c.demo.enabled = True
   c.demo.cache_dir = "runs/.demo_cache"
-  if arg == "tiny":
+  if arg in ("tiny", "visual"):
     c.name = "demo_tiny"
     c.total_steps = 2
     c.checkpoint_every = 1
@@ -56,8 +61,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.demo.teacher_sft_steps = 2
     c.demo.student_hidden = c.demo.teacher_hidden = 32  # One shape: student and teacher share
     c.rl.pack_row_len = 512                              # every compiled program.
-  elif arg:
-    raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '' or 'tiny')")
+  if arg == "visual":
+    c.name = "demo_visual"
+    c.demo.visual = True
+    c.demo.train_levels = (1, 2)
+    c.demo.eval_level = 2
+    c.demo.image_size = 64
+    # Every image is 64 x 64 pixels: a 4 x 4 patch grid, 4 image tokens, one vision program.
+    c.data.image_min_pixels = c.data.image_max_pixels = 64 * 64
+    c.data.min_image_side = 32
+  elif arg not in ("", "tiny"):
+    raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '', 'tiny' or 'visual')")
   return c
 
 

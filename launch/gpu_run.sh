@@ -51,5 +51,5 @@ else
                --job-name="zppo-$(basename "$config" .py)" --output="logs/%x-%j-%N.log")
   if [[ -n "$partition" ]]; then sbatch_args+=(--partition="$partition"); fi
   run mkdir -p logs
-  run sbatch "${sbatch_args[@]}" --wrap "srun --kill-on-bad-exit=1 env ZPPO_DISTRIBUTED=1 bash -c '$loop'"
+  run sbatch "${sbatch_args[@]}" --wrap "srun --kill-on-bad-exit=1 env ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 bash -c '$loop'"
 fi

@@ -11,7 +11,8 @@
 #   4. start `zppo train` on every worker with the same flags, one log per worker, restarting it
 #      after a crash or preemption (the trainer resumes from the workdir's latest checkpoint).
 # JAX's multi-controller runtime is initialised by the trainer from the TPU environment
-# (ZPPO_DISTRIBUTED=1 makes it call jax.distributed.initialize()).
+# (ZPPO_DISTRIBUTED=1 makes it call jax.distributed.initialize(); PYTHONHASHSEED=0 keeps any
+# set iteration order the same on every host).
 set -euo pipefail
 
 usage() {
@@ -84,5 +85,5 @@ ssh_all "mkdir -p ~/$repo_dir && tar -xzf ~/$repo_dir.tar.gz -C ~/$repo_dir && c
 train_args=(--config="$config" --workdir="$workdir" "${extra[@]}")
 quoted="$(printf ' %q' "${train_args[@]}")"
 # Each worker restarts its trainer until it exits 0; the trainer resumes from the latest checkpoint.
-loop="n=0; until ZPPO_DISTRIBUTED=1 zppo train${quoted}; do n=\$((n+1)); [ \$n -ge $max_restarts ] && exit 1; sleep 30; done"
+loop="n=0; until ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 zppo train${quoted}; do n=\$((n+1)); [ \$n -ge $max_restarts ] && exit 1; sleep 30; done"
 ssh_all "cd ~/$repo_dir && . .venv/bin/activate && mkdir -p logs && nohup bash -c '$loop' > logs/worker-\$(hostname).log 2>&1 &"

@@ -131,10 +131,15 @@ def test_multimodal_checkpoint_skips_vision_and_mtp(tmp_path):
             metadata={"format": "pt"})
   index["weight_map"]["mtp.fc.weight"] = "mtp.safetensors"
   index_path.write_text(json.dumps(index))
-  model = qwen3_5.load_pretrained(tmp_path)
+  model = qwen3_5.load_pretrained(tmp_path, text_only=True)
+  assert isinstance(model, qwen3_5.Qwen3_5ForCausalLM)
   with torch.no_grad():
     ref = full(input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(np.asarray(_logits(model, IDS)), ref, atol=1e-4, rtol=0)
+  # Without `text_only`, vision weights give the vision-language model.
+  multimodal = qwen3_5.load_pretrained(tmp_path)
+  assert isinstance(multimodal, qwen3_5.Qwen3_5ForConditionalGeneration)
+  np.testing.assert_allclose(np.asarray(multimodal(np.asarray(IDS))), ref, atol=1e-4, rtol=0)
 
 
 def _rewrite(src, dst, edit):
@@ -202,7 +207,7 @@ def test_key_table_matches_transformers_at_full_size(name):
   if cfg.tie_word_embeddings:
     hf_shapes.pop("lm_head.weight")
   flat = dict(nnx.to_flat_state(nnx.state(qwen3_5.abstract_model(cfg), nnx.Param)))
-  entries = checkpoint._key_entries(cfg, flat, checkpoint.TEXT_PREFIX)
+  entries = checkpoint.key_entries(cfg, flat, checkpoint.TEXT_PREFIX)
   assert {e.hf_key: e.hf_shape for e in entries} == hf_shapes
 
 
@@ -240,7 +245,7 @@ def _eight_device_check(path):
     qwen3_5.save_pretrained(model, out, max_shard_bytes=30_000)
     with safe_open(os.path.join(path, checkpoint.SINGLE_FILE), "np") as f:
       original = {k: f.get_tensor(k) for k in f.keys()}
-    again = checkpoint._Reader(out)
+    again = checkpoint.Reader(out)
     assert sorted(again.keys()) == sorted(original)
     for key, value in original.items():
       np.testing.assert_array_equal(again.get(key), value, err_msg=key)

@@ -19,7 +19,7 @@ def test_tpu_run_dry_run_prints_every_step():
   assert lines[1].startswith("+ git -C") and "archive" in lines[1]
   assert "tpu-vm scp" in lines[2] and "--worker=all" in lines[2]
   assert "pip\\ install" in lines[3] and "jax\\[tpu\\]" in lines[3]
-  assert "ZPPO_DISTRIBUTED=1\\ zppo\\ train" in lines[4]
+  assert "ZPPO_DISTRIBUTED=1\\ PYTHONHASHSEED=0\\ zppo\\ train" in lines[4]
   assert "--workdir=runs/qwen3_5_2b_zppo" in lines[4]
   assert len(lines) == 5
 

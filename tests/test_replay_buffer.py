@@ -154,9 +154,12 @@ def test_partitioned_buffers_match_one_global_buffer():
   for b in parts:
     assert all(stable_hash(q) % P == b.process_index for q in b.qids())
   assert sum(b.counters["graduated"] for b in parts) == whole.counters["graduated"]
-  assert sum(b.local_sample_size(10) for b in parts) == 10
-  sampled = [r["id"] for b in parts for r in b.sample(b.local_sample_size(10), rng)]
-  assert len(sampled) == len(set(sampled)) == 10
+  # The trainer's replay draw over the partitions is the draw over the one buffer.
+  from zppo_jax.distributed import draw_replay
+  pooled = [r for b in parts for r in b.records()]
+  drawn = [r["id"] for r in draw_replay(pooled, 10, (0, 1))]
+  assert drawn == [r["id"] for r in draw_replay(whole.records(), 10, (0, 1))]
+  assert len(drawn) == len(set(drawn)) == 10
 
 
 def test_stable_hash_is_deterministic():

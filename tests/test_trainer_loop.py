@@ -7,7 +7,6 @@ These tests check the loop's wiring fast; tests/test_trainer_e2e.py runs the rea
 """
 import json
 import pathlib
-import random
 import re
 
 import jax.numpy as jnp
@@ -206,3 +205,99 @@ def test_plots_and_tensorboard(assets, tmp_path):
                                            "rewards.png"]
   assert all(p.stat().st_size > 1000 for p in paths)
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_step_follows_algorithm_1(assets, tmp_path):
+  """Spec §2 steps 1, 3, 7-10 and §3's whole-step statistics, checked on three ZPPO steps.
+
+  1: the new prompts are the dataset's next batch whatever is replayed (replays do not consume
+  it), the replays are distinct buffered questions, min(|B|, ρ_replay·|X_new|) of them. 3: every
+  hard question, new or replayed, gets G_T fresh teacher rollouts on every visit. 7: BCQ/NCQ
+  rollouts are rewarded against the original gold. 8 and §3: the learner's advantages are one
+  computation over the whole step with plain, BCQ and NCQ as separate groups (not per
+  mini-batch). 9: I disjoint mini-batches holding every rollout once. 10: the buffer follows plain
+  accuracy only and stores the question records, never responses.
+  """
+  from zppo_jax.rl.advantages import compute_advantages
+  from zppo_jax.train.groups import flatten
+  from zppo_jax.zppo.replay_buffer import ReplayBuffer
+
+  tok, train_path, _ = assets
+  trainer = make_trainer(assets, tmp_path, "zppo", steps=3,
+                         overrides=["--config.rl.batch_prompts=16"])
+  rl = trainer.config.rl
+  dataset = PromptIterator(load_prompts(train_path, tok, augment.user_text,
+                                        max_prompt_tokens=256).records,
+                           rl.batch_prompts, seed=trainer.config.seed)
+  shadow = ReplayBuffer(rl.buffer_capacity, rl.tau)
+  seen = {"groups": [], "teacher": [], "parts": []}
+
+  def spy(fn, key, pick=lambda *a, **k: a[0]):
+    def wrapped(*args, **kwargs):
+      out = fn(*args, **kwargs)
+      value = pick(out, *args, **kwargs)
+      if value is not None:
+        seen[key].append(value)
+      return out
+    return wrapped
+
+  trainer._rollouts = spy(trainer._rollouts, "groups")
+  trainer.teacher.generate = spy(
+      trainer.teacher.generate, "teacher",
+      lambda out, prompts, *, num_samples, **_: ([list(p) for p in prompts], num_samples)
+      if num_samples == rl.teacher_group_size else None)
+  trainer.student.train_step = spy(trainer.student.train_step, "parts", lambda out, parts: parts)
+  replayed_hard = signal_only_in_reformulations = 0
+  for step in (1, 2, 3):
+    for v in seen.values():
+      v.clear()
+    buffered = set(trainer.buffer.qids())
+    metrics = trainer.run_step(step)
+    trainer.step = step
+    groups = [g for out in seen["groups"] for g in out]
+    plain = [g for g in groups if g.kind == "plain"]
+    new, replay = plain[:rl.batch_prompts], plain[rl.batch_prompts:]
+    # Step 1.
+    assert [g.qid for g in new] == [r["id"] for r in next(dataset)]
+    assert len({g.qid for g in replay}) == len(replay) and {g.qid for g in replay} <= buffered
+    assert len(replay) == min(len(buffered), int(round(rl.replay_ratio * rl.batch_prompts)))
+    # Step 3: one teacher call with G_T samples for every hard question (new and replayed).
+    hard = [g for g in plain if g.accuracy < rl.tau]
+    assert seen["teacher"] == ([([list(g.prompt_ids) for g in hard], rl.teacher_group_size)]
+                               if hard else [])
+    replayed_hard += sum(g.qid in buffered for g in hard)
+    # Step 7: reformulated groups are graded against their question's own gold.
+    by_qid = {g.qid: g for g in plain}
+    extra = [g for g in groups if g.kind != "plain"]
+    assert extra and {g.kind for g in extra} <= {"bcq", "ncq"}
+    # Every built BCQ/NCQ prompt is rolled out: the plain prompts' length limit does not apply.
+    assert len(extra) == metrics["reform/bcq"] + metrics["reform/ncq"]
+    for g in extra:
+      assert g.record is by_qid[g.qid].record
+      assert g.rewards == [float(extract_answer(t) == by_qid[g.qid].record["answer"])
+                           for t in g.texts]
+      signal_only_in_reformulations += (by_qid[g.qid].accuracy < rl.tau <= g.accuracy)
+    # Steps 8-9 and §3: the advantages the learner got are the whole step's, computed once.
+    rewards, ids = flatten(groups)
+    expected = np.asarray(compute_advantages(rewards, ids, rl.adv_norm))
+    want, got = {}, {}
+    for g, (i, c) in zip([g for g in groups for _ in g.completions],
+                         enumerate(c for g in groups for c in g.completions)):
+      want.setdefault((tuple(g.prompt_ids), tuple(c.tokens)), []).append(expected[i])
+    (parts,) = seen["parts"]
+    assert len(parts) == rl.inner_updates
+    for part in parts:
+      for s in part:
+        got.setdefault((tuple(s.prompt_ids), tuple(s.tokens)), []).append(s.advantage)
+    assert want.keys() == got.keys()
+    for key in want:
+      np.testing.assert_allclose(sorted(got[key]), sorted(want[key]), rtol=1e-5, atol=1e-6)
+    # Step 10: plain accuracy only; records without responses.
+    shadow.update({g.qid: g.accuracy for g in plain},
+                  {g.qid: augment.strip_record(g.record) for g in plain})
+    assert trainer.buffer.qids() == shadow.qids()
+    for record in trainer.buffer.records():
+      assert set(record) <= {"id", "question", "answer", "level", "images", "choices"}
+  # The run exercised what the checks are about: a replayed question that was still hard, and a
+  # hard question whose BCQ/NCQ rollouts reached τ (it must still be admitted / kept).
+  assert replayed_hard > 0 and signal_only_in_reformulations > 0

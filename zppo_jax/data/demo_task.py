@@ -4,13 +4,16 @@ Level n adds two n-digit numbers. A worked solution writes the column sums, unit
 `<think>` and the result in `\\boxed{}`, so a small model can learn the procedure and the reward is
 exact. The student of the demo is warm-started on the easy levels only, so the hard levels are the
 questions on which all of its rollouts fail, which is where ZPPO differs from GRPO.
+
+The visual variant asks for the sum of the digits drawn in an image (level n draws n digits), so
+the multimodal path (images in prompts, reformulations and training rows) runs on a laptop.
 """
 from __future__ import annotations
 
 import json
 import pathlib
 import random
-from typing import Iterable
+from typing import Iterable, Sequence
 
 QUESTION = "What is {a} + {b}?"
 
@@ -75,3 +78,41 @@ def write_jsonl(rows: list[dict], path: str | pathlib.Path) -> pathlib.Path:
     for row in rows:
       f.write(json.dumps(row) + "\n")
   return path
+
+
+# --- The visual variant: the sum of the digits drawn in an image. ---
+
+VISUAL_QUESTION = "What is the sum of the digits in the image?"
+
+
+def render_digits(digits: Sequence[int], size: int, rng: random.Random):
+  """A `size` x `size` RGB PIL image with the digits drawn left to right at jittered heights."""
+  from PIL import Image, ImageDraw  # Only the visual variant draws.
+  image = Image.new("RGB", (size, size), (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  step = size // (len(digits) + 1)
+  for i, d in enumerate(digits):
+    x = step * (i + 1) - 3 + rng.randint(-2, 2)
+    y = rng.randint(2, max(2, size - 14))
+    draw.text((x, y), str(d), fill=(0, 0, 0))
+  return image
+
+
+def visual_records(levels: Iterable[int], count: int, seed: int, image_dir: str | pathlib.Path,
+                   size: int, prefix: str = "v") -> list[dict]:
+  """`count` records over `levels` (level n draws n digits): {id, question, answer, level,
+  images: [absolute PNG path]}, the PNGs written to `image_dir`."""
+  rng = random.Random(seed)
+  image_dir = pathlib.Path(image_dir).resolve()
+  image_dir.mkdir(parents=True, exist_ok=True)
+  levels = list(levels)
+  out = []
+  for i in range(count):
+    level = levels[i % len(levels)]
+    digits = [rng.randint(0, 9) for _ in range(level)]
+    rid = f"{prefix}{level}-{i}"
+    path = image_dir / f"{rid}.png"
+    render_digits(digits, size, rng).save(path)
+    out.append({"id": rid, "question": VISUAL_QUESTION, "answer": str(sum(digits)),
+                "level": level, "images": [str(path)]})
+  return out

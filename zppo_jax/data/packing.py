@@ -12,6 +12,11 @@ token predicted from position i, i.e. `targets[i] = tokens[i + 1]` of the same s
 (not a forced prefix token of the Prefix baseline), and `advantages[i]` / `old_logprobs[i]` /
 `sampler_logprobs[i]` belong to that token. The model's hidden state at i, the LM head and `targets`
 give exactly the log-prob the loss needs, with no shifting in the learner.
+
+A prompt with images brings its 3-axis positions (`prompt_positions`, the response continues at
+their maximum plus one, as decoding did) and its vision features with the prompt columns they
+replace (`prompt_features`); the batch then also holds `vision_embeds` / `vision_mask`, which the
+learner writes over the token embeddings.
 """
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ class PackedBatch:
     old_logprobs: float32[R, L] log π_old of the target token, if given (else 0).
     sampler_logprobs: float32[R, L] log-prob reported by the sampler, if given (else 0).
     placements: one `Placement` per input sequence, in input order.
+    vision_embeds: float32[R, L, D] image features at image-pad columns (0 elsewhere), or None
+      when no sequence has images.
+    vision_mask: bool[R, L] True where `vision_embeds` replaces the token embedding, or None.
   """
   tokens: np.ndarray
   targets: np.ndarray
@@ -55,10 +63,14 @@ class PackedBatch:
   old_logprobs: np.ndarray
   sampler_logprobs: np.ndarray
   placements: tuple[Placement, ...]
+  vision_embeds: np.ndarray | None = None
+  vision_mask: np.ndarray | None = None
 
   def arrays(self) -> dict[str, np.ndarray]:
-    """The array fields as a dict (what the jitted learner consumes)."""
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "placements"}
+    """The array fields as a dict (what the jitted learner consumes); absent vision arrays are
+    left out, so text batches keep their shapes and programs."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name != "placements" and getattr(self, f.name) is not None}
 
 
 def _first_fit(lengths: Sequence[int], row_len: int) -> list[tuple[int, int]]:
@@ -90,7 +102,8 @@ def _per_response_token(values, i: int, n: int, name: str) -> np.ndarray:
 def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], row_len: int, *,
          advantages: Sequence | None = None, old_logprobs: Sequence | None = None,
          sampler_logprobs: Sequence | None = None, response_masks: Sequence | None = None,
-         num_rows: int | None = None) -> PackedBatch:
+         num_rows: int | None = None, prompt_positions: Sequence | None = None,
+         prompt_features: Sequence | None = None) -> PackedBatch:
   """Packs sequences into rows of `row_len` tokens.
 
   Args:
@@ -103,6 +116,10 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], r
     response_masks: per sequence 0/1[len(response)]; 0 keeps a response token out of the loss
       (the forced teacher prefix of the Prefix baseline). Default: all ones.
     num_rows: pad to exactly this many rows (static shapes for jit); an error if more are needed.
+    prompt_positions: per sequence None (text: 0, 1, ...) or int[3, len(prompt)] mRoPE positions
+      of a multimodal prompt; its response continues at their maximum plus one.
+    prompt_features: per sequence None or (bool[len(prompt)] image-pad mask, float[k, D] the
+      features of those k columns, in order).
 
   Returns:
     A `PackedBatch`.
@@ -126,8 +143,18 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], r
       raise ValueError(f"the sequences need {rows} rows of {row_len}, more than num_rows={num_rows}")
     rows = num_rows
 
+  features = [None] * len(prompts) if prompt_features is None else list(prompt_features)
+  positions = [None] * len(prompts) if prompt_positions is None else list(prompt_positions)
+  if len(features) != len(prompts) or len(positions) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(positions)} prompt positions and "
+                     f"{len(features)} prompt features")
+  width = next((f[1].shape[1] for f in features if f is not None), None)
+
   shape = (rows, row_len)
   out = {k: np.zeros(shape, np.int32) for k in ("tokens", "targets", "segment_ids")}
+  if width is not None:
+    out["vision_embeds"] = np.zeros(shape + (width,), np.float32)
+    out["vision_mask"] = np.zeros(shape, bool)
   out["positions"] = np.zeros((3,) + shape, np.int32)
   for k in ("loss_mask", "advantages", "old_logprobs", "sampler_logprobs"):
     out[k] = np.zeros(shape, np.float32)
@@ -141,7 +168,9 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], r
     out["targets"][row, start:end - 1] = seq[1:]
     out["segment_ids"][row, start:end] = next_segment[row]
     next_segment[row] += 1
-    out["positions"][:, row, start:end] = np.arange(n_p + n_r, dtype=np.int32)
+    out["positions"][:, row, start:end] = _sequence_positions(positions[i], n_p, n_r, i)
+    if features[i] is not None:
+      _place_features(out, features[i], row, start, n_p, i)
     # Response token j is predicted from column start + n_p + j - 1.
     pred = slice(start + n_p - 1, end - 1)
     mask = (np.ones(n_r, np.float32) if response_masks is None
@@ -156,6 +185,30 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], r
           sampler_logprobs, i, n_r, "sampler_logprobs")
     placements.append(Placement(row, start, n_p, n_r))
   return PackedBatch(**out, placements=tuple(placements))
+
+
+def _sequence_positions(prompt_positions, n_p: int, n_r: int, i: int) -> np.ndarray:
+  """int32[3, n_p + n_r]: text positions, or a multimodal prompt's followed by its response's."""
+  if prompt_positions is None:
+    return np.arange(n_p + n_r, dtype=np.int32)
+  pos = np.asarray(prompt_positions, np.int32)
+  if pos.shape != (3, n_p):
+    raise ValueError(f"prompt_positions[{i}] has shape {pos.shape}, expected (3, {n_p})")
+  response = np.arange(n_r, dtype=np.int32) + pos.max() + 1
+  return np.concatenate([pos, np.broadcast_to(response, (3, n_r))], axis=1)
+
+
+def _place_features(out: dict, feature: tuple, row: int, start: int, n_p: int, i: int) -> None:
+  mask, values = np.asarray(feature[0], bool), np.asarray(feature[1], np.float32)
+  if mask.shape != (n_p,) or values.ndim != 2 or int(mask.sum()) != values.shape[0]:
+    raise ValueError(f"prompt_features[{i}]: a mask of shape {mask.shape} with {int(mask.sum())} "
+                     f"image columns and features of shape {values.shape} do not fit a prompt of "
+                     f"{n_p} tokens")
+  if values.shape[1] != out["vision_embeds"].shape[-1]:
+    raise ValueError(f"prompt_features[{i}]: feature width {values.shape[1]}, others have "
+                     f"{out['vision_embeds'].shape[-1]}")
+  out["vision_embeds"][row, start:start + n_p][mask] = values
+  out["vision_mask"][row, start:start + n_p] = mask
 
 
 def unpack(values: np.ndarray, placements: Sequence[Placement]) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ Example::
 """
 import contextlib
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -20,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zppo_jax import parallel
-from zppo_jax.sampling import filters, loop as rollout
+from zppo_jax import distributed, parallel
+from zppo_jax.data.prompts import ImagePrompt, join_prompt
+from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration
+from zppo_jax.sampling import filters, loop as rollout, media
 from zppo_jax.sampling.state import FINISH_NAMES
 
 _MAX_STOP_IDS = 8
@@ -91,8 +94,14 @@ def _bucket(n: int, minimum: int = _MIN_BUCKET) -> int:
 class Sampler:
   """Generates completions from a Qwen3.5 model with a jitted, prefix-sharing decode loop.
 
+  A multimodal model (`Qwen3_5ForConditionalGeneration`) also takes prompts with images
+  (`data.prompts.ImagePrompt`): their features are computed once per prompt and placed in the
+  prompt's embeddings, the prompt is prefilled once at its 3-axis positions, and its G samples
+  decode from the multimodal `next_position` (`sampling.media`).
+
   Args:
-    model: a `Qwen3_5ForCausalLM` (any module with the design.md `forward`/`logits` contract).
+    model: a `Qwen3_5ForCausalLM` (any module with the design.md `forward`/`logits` contract), or
+      a `Qwen3_5ForConditionalGeneration`, whose text decoder is sampled.
     max_total_len: the longest prompt (with forced prefix) plus `max_new_tokens` a call may ask.
     mesh: optional device mesh; the weights are placed with `rules`, rows split over the batch
       axes.
@@ -102,6 +111,10 @@ class Sampler:
 
   def __init__(self, model, max_total_len: int, mesh=None, rules=parallel.SAMPLE_RULES,
                pad_id: int | None = None):
+    self.vision = None
+    if isinstance(model, Qwen3_5ForConditionalGeneration):
+      self.vision = media.VisionEncoder(model)
+      model = model.language_model
     self.cfg = model.cfg
     self.max_total_len = int(max_total_len)
     self.mesh = mesh
@@ -117,6 +130,9 @@ class Sampler:
 
   def update_params(self, params) -> None:
     """Swaps in new weights (an `nnx.State` of the same structure, or a model); no recompile."""
+    if isinstance(params, Qwen3_5ForConditionalGeneration):
+      self.vision.update_params(params)
+      params = params.language_model
     if isinstance(params, nnx.Module):
       params = nnx.state(params)
     self.params = self._place(params)
@@ -126,7 +142,7 @@ class Sampler:
     """Samples `params.num_samples` completions for each token-id prompt.
 
     Args:
-      prompts: P lists of token ids.
+      prompts: P lists of token ids; with a multimodal model, any may be an `ImagePrompt`.
       params: SamplingParams.
       seed: the same seed, prompts and params give the same completions.
       forced_prefixes: optional P lists of ids appended to each prompt and shared by all its
@@ -135,11 +151,11 @@ class Sampler:
     Returns:
       SamplerOutput.
     """
-    prompts = [list(p) for p in prompts]
+    prompts = [p if isinstance(p, ImagePrompt) else list(p) for p in prompts]
     if forced_prefixes is not None:
       if len(forced_prefixes) != len(prompts):
         raise ValueError(f"{len(forced_prefixes)} forced prefixes for {len(prompts)} prompts")
-      prompts = [p + list(f) for p, f in zip(prompts, forced_prefixes)]
+      prompts = [join_prompt(p, f) for p, f in zip(prompts, forced_prefixes)]
     for i, p in enumerate(prompts):
       if not p:
         raise ValueError(f"prompt {i} is empty")
@@ -154,7 +170,32 @@ class Sampler:
       ids[i, width - len(p):] = p
       mask[i, width - len(p):] = 1
     mask[len(prompts):, -1] = 1  # padding rows see one token, so no row attends to nothing
+    if any(isinstance(p, ImagePrompt) for p in prompts):
+      embeds, positions = self._image_inputs(prompts, ids, mask)
+      return self._run(params, seed, len(prompts), None, embeds, positions, mask)
     return self._run(params, seed, len(prompts), ids, None, None, mask)
+
+  def _image_inputs(self, prompts, ids, mask):
+    """Embeddings float[R, W, D] with image features placed, and positions int32[3, R, W]."""
+    if self.vision is None:
+      first = next(i for i, p in enumerate(prompts) if isinstance(p, ImagePrompt))
+      raise ValueError(f"prompt {first} has images but the model has no vision tower (a "
+                       "text-only checkpoint)")
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      global_ids = distributed.replicate(ids, self.mesh) if self.mesh is not None else ids
+      embeds = np.array(distributed.to_host(_embed(self.graphdef, self.params, global_ids)),
+                        np.float32)
+    positions = np.zeros((3,) + ids.shape, np.int32)
+    width = ids.shape[1]
+    for i, p in enumerate(prompts):
+      cols = slice(width - len(p), width)
+      if isinstance(p, ImagePrompt):
+        pos, image_mask, features = media.prompt_inputs(p, self.vision, sample=i)
+        embeds[i, cols][image_mask] = features
+        positions[:, i, cols] = pos
+      else:
+        positions[:, i, cols] = np.arange(len(p), dtype=np.int32)
+    return embeds.astype(self.cfg.dtype), positions
 
   def generate_from_embeddings(self, embeddings: Sequence[np.ndarray],
                                positions: Sequence[np.ndarray], params: SamplingParams,
@@ -194,8 +235,9 @@ class Sampler:
       raise ValueError("no prompts")
     longest = max(lengths)
     if longest + params.max_new_tokens > self.max_total_len:
-      raise ValueError(f"prompt of {longest} tokens + max_new_tokens {params.max_new_tokens} "
-                       f"exceeds max_total_len {self.max_total_len}")
+      # Image tokens count: a large image grid is a long prompt.
+      raise ValueError(f"prompt {lengths.index(longest)} of {longest} tokens + max_new_tokens "
+                       f"{params.max_new_tokens} exceeds max_total_len {self.max_total_len}")
     return _bucket(len(lengths), 1), _bucket(longest)
 
   def _run(self, params, seed, num_prompts, ids, embeds, positions, mask):
@@ -213,14 +255,24 @@ class Sampler:
         min_p=params.min_p, presence_penalty=params.presence_penalty)
     stop_ids = np.full((_MAX_STOP_IDS,), -1, np.int32)
     stop_ids[:len(params.stop_token_ids)] = params.stop_token_ids
+    inputs = (ids, embeds, positions, mask, row_ids, real_rows, knobs, jax.random.key(seed),
+              jnp.int32(params.max_new_tokens), jnp.asarray(stop_ids))
+    # A mesh over several processes' devices: every process passes the same host inputs, which
+    # become replicated global arrays; the rows come back gathered from every process.
+    ids, embeds, positions, mask, row_ids, real_rows, knobs, key, max_new, stop = (
+        distributed.replicate(inputs, self.mesh) if self.mesh is not None else inputs)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       state, logits = rollout.prefill(loop, group, self.params, ids, embeds, positions, mask, row_ids,
                                       real_rows)
-      state = rollout.decode(loop, self.params, state, logits, knobs, jax.random.key(seed),
-                             jnp.int32(params.max_new_tokens), jnp.asarray(stop_ids))
-      tokens, logprobs, sampling_logprobs, lengths, finish = jax.device_get(
+      state = rollout.decode(loop, self.params, state, logits, knobs, key, max_new, stop)
+      tokens, logprobs, sampling_logprobs, lengths, finish = distributed.to_host(
           (state.tokens, state.logprobs, state.sampling_logprobs, state.lengths, state.finish))
     return _unpack(num_prompts, group, tokens, logprobs, sampling_logprobs, lengths, finish)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(graphdef, params, ids):
+  return nnx.merge(graphdef, params).embed(ids)
 
 
 def _unpack(num_prompts, group, tokens, logprobs, sampling_logprobs, lengths, finish):

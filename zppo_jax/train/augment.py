@@ -3,6 +3,10 @@
 The rules live in `zppo_jax.zppo` (templates, reformulation, replay buffer) and
 `zppo_jax.rl.advantages`; this module turns the loop's `Group`s into their inputs and their
 outputs back into rollout specs and metrics.
+
+Images: a record's `images` go with every prompt made from it. With a multimodal student
+(`vision` set), the plain prompt and each BCQ / NCQ / hint / prefix prompt of the question is an
+`ImagePrompt` holding the question's images, so a reformulated prompt keeps its question's images.
 """
 from __future__ import annotations
 
@@ -29,8 +33,20 @@ def user_text(question: str) -> str:
   return templates.rl_prompt(templates.strip_format_instructions(question))
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-  return encode_prompt(tokenizer, user_text(question))
+def prompt_ids(tokenizer, question: str, images=(), vision=None, sample="?") -> list[int]:
+  """The plain prompt's ids (an `ImagePrompt` when the question has images)."""
+  return encode_prompt(tokenizer, user_text(question), images, vision, sample)
+
+
+def record_prompt(tokenizer, record: dict, vision=None) -> list[int]:
+  """The plain prompt of a record, with its images when the model has a vision tower.
+
+  Raises:
+    ValueError: naming the record, when it has images and the model has none, or an image is
+      unusable (records loaded with `load_prompts(..., vision=)` had those rejected already).
+  """
+  return prompt_ids(tokenizer, record["question"], record.get("images") or (), vision,
+                    record["id"])
 
 
 def strip_record(record: dict) -> dict:
@@ -83,7 +99,7 @@ def hard_set(plain: Sequence[Group], num_new: int, config, flags: dict) -> list[
 
 def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, config,
                 flags: dict, rng: random.Random, tokenizer,
-                teacher_text: Callable[[list[str], int], list[str]]
+                teacher_text: Callable[[list[str], int], list[str]], vision=None
                 ) -> tuple[list[Spec], dict[str, float], list[reformulate.Reformulation]]:
   """BCQ / NCQ, hint or prefix prompts of the step, as rollout specs, and their counts.
 
@@ -95,6 +111,8 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
     rng: the step's seeded RNG for the random picks.
     tokenizer: for prompts and for truncating raw candidates.
     teacher_text: ``(user prompts, max new tokens) -> outputs``, the teacher's text jobs.
+    vision: the student's image preprocessing (None: text model); a reformulated prompt then
+      carries its question's images.
   """
   rcfg = reformulation_config(config, flags)
   groups = question_groups(plain, teacher, num_new)
@@ -118,8 +136,9 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
   specs = []
   for r in reforms:
     prefix = list(r.meta.get("prefix_token_ids", ()))
-    specs.append((records[r.qid], r.kind, encode_prompt(tokenizer, r.prompt_text), prefix,
-                  dict(r.meta)))
+    ids = encode_prompt(tokenizer, r.prompt_text, r.images if vision is not None else (), vision,
+                        sample=r.qid)
+    specs.append((records[r.qid], r.kind, ids, prefix, dict(r.meta)))
   for kind in ("bcq", "ncq", "hint", "prefix"):
     metrics[f"reform/{kind}"] = sum(r.kind == kind for r in reforms)
   return specs, metrics, reforms

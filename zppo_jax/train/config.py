@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_prompt_tokens = 4096
   c.data.shuffle = True
   c.data.num_epochs = 0           # 0 = repeat forever.
+  # Images of multimodal records (`images`: paths), for a student with a vision tower.
+  c.data.image_min_pixels = 256 * 32 * 32   # the paper's pixel budget after resizing
+  c.data.image_max_pixels = 1280 * 32 * 32
+  c.data.min_image_side = 32      # images with a smaller side are rejected (rejects.jsonl)
 
   c.rl = ml_collections.ConfigDict()
   c.rl.batch_prompts = 384        # |X_new|
@@ -124,7 +128,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.demo.student_sft_steps = 400
   c.demo.teacher_sft_steps = 400
   c.demo.sft_batch = 16
+  c.demo.sft_row_len = 384           # packed SFT rows: short rows keep attention cheap
   c.demo.sft_lr = 3e-3
+  # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
+  # on rendered digits; student and teacher are multimodal with a tiny vision tower.
+  c.demo.visual = False
+  c.demo.image_size = 64          # rendered images are image_size x image_size pixels
+  c.demo.vision_depth = 1
+  c.demo.vision_hidden = 32
   return c
 
 

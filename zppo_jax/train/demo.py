@@ -9,6 +9,10 @@
   teacher/     a larger Qwen3.5 warm-started by SFT on every level
 and points the config's student, teacher, tokenizer and data paths at them. A second run finds the
 cache and starts at the RL phase.
+
+With `demo.visual` the questions ask for the sum of the digits drawn in an image (`images/`), the
+tokenizer has the Qwen vision tokens, and student and teacher are multimodal checkpoints: the
+warm-started text decoders plus a tiny random vision tower (`vision_config`).
 """
 from __future__ import annotations
 
@@ -38,6 +42,19 @@ def model_config(config, role: str, vocab_size: int):
       linear_value_head_dim=hidden // 4, linear_conv_kernel_dim=4, rope_theta=10_000.0,
       partial_rotary_factor=0.25, mrope_section=_mrope(hidden // 4), tie_word_embeddings=True,
       gdn_chunk_size=32)
+
+
+def vision_config(config, text_cfg):
+  """The visual variant's tiny vision tower (Qwen3.5 patching: 16 px patches, 2 x 2 merge)."""
+  from zppo_jax.models.qwen3_5.vision_config import VisionConfig
+  hidden = int(config.demo.vision_hidden)
+  side = int(config.demo.image_size) // 16
+  return VisionConfig(depth=int(config.demo.vision_depth), hidden_size=hidden,
+                      intermediate_size=2 * hidden, num_heads=2,
+                      out_hidden_size=text_cfg.hidden_size, num_position_embeddings=side * side)
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def _mrope(head_dim: int) -> tuple[int, int, int]:
@@ -108,8 +125,15 @@ def _build(config, root: pathlib.Path, stream) -> None:
 
   demo = config.demo
   root.mkdir(parents=True, exist_ok=True)
-  train = demo_task.records(demo.train_levels, demo.num_train, config.seed, prefix="train")
-  held_out = demo_task.records([demo.eval_level], demo.num_eval, config.seed + 1, prefix="eval")
+  if demo.visual:
+    train = demo_task.visual_records(demo.train_levels, demo.num_train, config.seed,
+                                     root / "images", demo.image_size, prefix="train")
+    held_out = demo_task.visual_records([demo.eval_level], demo.num_eval, config.seed + 1,
+                                        root / "images", demo.image_size, prefix="eval")
+  else:
+    train = demo_task.records(demo.train_levels, demo.num_train, config.seed, prefix="train")
+    held_out = demo_task.records([demo.eval_level], demo.num_eval, config.seed + 1,
+                                 prefix="eval")
   demo_task.write_jsonl(train, root / "train.jsonl")
   demo_task.write_jsonl(held_out, root / "eval.jsonl")
   rng = random.Random(config.seed)
@@ -122,11 +146,16 @@ def _build(config, root: pathlib.Path, stream) -> None:
                                    for r in sft_records[lvl]], rng, with_candidates=False)
   corpus = [u + "\n" + a for u, a in student_pairs + teacher_pairs] + [
       templates.compression_prompt("x"), templates.hint_prompt("x"), "user\nassistant\n"]
+  if demo.visual:
+    corpus.append(demo_task.VISUAL_QUESTION)
   tokenizer = demo_tokenizer.build_tokenizer(corpus, root / "tokenizer",
                                              vocab_size=demo.vocab_size)
+  if demo.visual:
+    tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
+    tokenizer.save_pretrained(str(root / "tokenizer"))
   vocab = 1 << (len(tokenizer) - 1).bit_length()
   stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-  row_len = int(config.rl.pack_row_len)
+  row_len = int(demo.sft_row_len)
   for role, pairs, steps in (("student", student_pairs, demo.student_sft_steps),
                              ("teacher", teacher_pairs, demo.teacher_sft_steps)):
     cfg = model_config(config, role, vocab)
@@ -136,7 +165,21 @@ def _build(config, root: pathlib.Path, stream) -> None:
     sft.train_sft(model, sft.chat_examples(tokenizer, pairs, stop), steps=steps,
                   batch_size=demo.sft_batch, learning_rate=demo.sft_lr, seed=config.seed,
                   row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
+    if demo.visual:
+      model = _with_vision_tower(config, model, tokenizer, seed=config.seed + 2)
     run.save_model(model, root / role, tokenizer)
+
+
+def _with_vision_tower(config, language_model, tokenizer, seed: int):
+  """The warm-started text decoder with a random tiny vision tower: a multimodal model."""
+  from flax import nnx
+  from zppo_jax.models.qwen3_5 import multimodal
+  ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id",
+                  "video_token_id"), tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))))
+  cfg = multimodal.MultimodalConfig(language_model.cfg,
+                                    vision_config(config, language_model.cfg), **ids)
+  return multimodal.Qwen3_5ForConditionalGeneration(cfg, rngs=nnx.Rngs(seed),
+                                                    language_model=language_model)
 
 
 def _count(model) -> int:

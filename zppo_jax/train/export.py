@@ -29,13 +29,14 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   model = run.load_model(config.student.checkpoint, config.student.compute_dtype,
                          config.student.param_dtype)
-  learner = Learner(model, learner_config(config, config.rl.inner_updates))
+  text = run.text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
+  learner = Learner(text, learner_config(config, config.rl.inner_updates))
   restored = RunCheckpointer(workdir, keep=config.keep_checkpoints, async_save=False).restore(
       learner.state)
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
   learner.state = restored.state
-  learner.update_model(model)
+  learner.update_model(text)
   tokenizer = run.load_tokenizer(config.data.tokenizer or config.student.checkpoint)
   run.save_model(model, out_dir, tokenizer)
   print(f"export: step {restored.step} of {workdir} written to {out_dir}", file=stream)

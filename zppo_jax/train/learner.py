@@ -135,6 +135,28 @@ class TrainState:
   skipped: jax.Array   # int32[], updates skipped because the loss or grad norm was not finite
 
 
+_VISION_KEYS = ("vision_embeds", "vision_mask")
+
+
+def _vision_keys(batch) -> tuple[str, ...]:
+  """The image-feature arrays of a packed batch whose prompts have images (else none)."""
+  return _VISION_KEYS if "vision_embeds" in batch else ()
+
+
+def packed_hidden(model, mb):
+  """float[R, T, D] final hidden states of packed rows; image features (the frozen vision
+  tower's, as the sampler placed them) replace the embeddings of their placeholder tokens."""
+  if "vision_embeds" not in mb:
+    hidden, _ = model.forward(input_ids=mb["tokens"], positions=mb["positions"],
+                              segment_ids=mb["segment_ids"])
+    return hidden
+  embeds = jnp.where(mb["vision_mask"][..., None], mb["vision_embeds"].astype(model.cfg.dtype),
+                     model.embed(mb["tokens"]))
+  hidden, _ = model.forward(inputs_embeds=embeds, positions=mb["positions"],
+                            segment_ids=mb["segment_ids"])
+  return hidden
+
+
 def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -167,6 +189,40 @@ class Learner:
     self._distill = jax.jit(self._distill_update, donate_argnums=0,
                             out_shardings=(state_sh, None))
     self._logprobs = jax.jit(self._all_logprobs)
+
+  @classmethod
+  def abstract(cls, model: nnx.Module, cfg: LearnerConfig, *, mesh=None,
+               rules: parallel.Rules = parallel.TRAIN_RULES) -> Learner:
+    """A learner that allocates nothing, for ahead-of-time compilation (`zppo_jax.plan`).
+
+    Its `state` holds `jax.ShapeDtypeStruct`s with the shardings `__init__` would give; lower its
+    jitted update with `lower_update`. Arguments as for `Learner`; `model` may be abstract
+    (`nnx.eval_shape`).
+    """
+    learner = cls.__new__(cls)
+    learner.cfg, learner.mesh, learner.rules = cfg, mesh, rules
+    learner.graphdef, params, learner._rest = nnx.split(model, nnx.Param, ...)
+    learner.tx = cfg.optimizer()
+    with learner._context():
+      state_sh = learner._state_shardings(params)
+      state = jax.eval_shape(lambda p: TrainState(p, learner.tx.init(p), jnp.zeros([], jnp.int32),
+                                                  jnp.zeros([], jnp.int32)), params)
+    if state_sh is not None:
+      state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           state, state_sh)
+    learner.state = state
+    learner._update = jax.jit(learner._policy_update, donate_argnums=0,
+                              out_shardings=(state_sh, None))
+    learner._distill = jax.jit(learner._distill_update, donate_argnums=0,
+                               out_shardings=(state_sh, None))
+    learner._logprobs = jax.jit(learner._all_logprobs)
+    return learner
+
+  def lower_update(self, batch: Batch):
+    """The jitted policy update lowered for `self.state` and `batch` (arrays or
+    `jax.ShapeDtypeStruct`s of `train_step`'s rows, placed as `train_step` places them)."""
+    with self._context():
+      return self._update.lower(self.state, batch)
 
   # --- Set-up helpers. ---
 
@@ -220,8 +276,7 @@ class Learner:
 
   def _token_logprobs(self, params, mb):
     model = self._model(params)
-    hidden, _ = model.forward(input_ids=mb["tokens"], positions=mb["positions"],
-                              segment_ids=mb["segment_ids"])
+    hidden = packed_hidden(model, mb)
     return logprobs_lib.chunked_logprobs(hidden, model.lm_head_kernel(), mb["targets"],
                                          token_chunk=self.cfg.token_chunk,
                                          vocab_chunk=self.cfg.vocab_chunk)
@@ -310,8 +365,7 @@ class Learner:
 
     def loss_fn(params, mb):
       model = self._model(params)
-      hidden, _ = model.forward(input_ids=mb["tokens"], positions=mb["positions"],
-                                segment_ids=mb["segment_ids"])
+      hidden = packed_hidden(model, mb)
       jsd = logprobs_lib.chunked_jsd(hidden, model.lm_head_kernel(), mb["teacher_hidden"],
                                      teacher_kernel, beta=cfg.jsd_beta,
                                      token_chunk=cfg.token_chunk, vocab_chunk=cfg.vocab_chunk)
@@ -333,7 +387,7 @@ class Learner:
 
   def logprobs(self, batch: Mapping[str, np.ndarray]) -> jax.Array:
     """Log-probs of `batch["targets"]` under the current parameters: float32[R, T]."""
-    keys = ("tokens", "targets", "positions", "segment_ids")
+    keys = ("tokens", "targets", "positions", "segment_ids") + _vision_keys(batch)
     with self._context():
       return self._logprobs(self.state.params, self._put({k: batch[k] for k in keys}))
 
@@ -374,7 +428,8 @@ class Learner:
         states at the same positions.
       teacher_kernel: float[Dt, V] the teacher's LM-head kernel.
     """
-    keys = ("tokens", "targets", "positions", "segment_ids", "loss_mask", "teacher_hidden")
+    keys = ("tokens", "targets", "positions", "segment_ids", "loss_mask",
+            "teacher_hidden") + _vision_keys(batch)
     with self._context():
       self.state, metrics = self._distill(self.state, self._put({k: batch[k] for k in keys}),
                                           teacher_kernel)

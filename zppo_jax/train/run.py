@@ -4,6 +4,11 @@
 
 The default config is the CPU demo; the default workdir is `runs/<config name>`. Re-running the
 same command on an existing workdir resumes from its latest checkpoint.
+
+Several processes (one per host) run the same command; `zppo_jax.distributed.initialize` starts
+JAX's distributed runtime from `--coordinator`, `--num_processes`, `--process_id` or the
+environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+`JAX_PROCESS_ID`). The workdir must be shared by all of them; only process 0 writes logs.
 """
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ import os
 import pathlib
 import sys
 
+from zppo_jax import distributed
 from zppo_jax.train.config import parse_args
+
+DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -36,6 +44,12 @@ def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None)
                          param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
 
 
+def text_decoder(model):
+  """The text decoder of `model`: its language model when it is a vision-language model."""
+  from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration
+  return model.language_model if isinstance(model, Qwen3_5ForConditionalGeneration) else model
+
+
 def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
   """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
   from zppo_jax.models.qwen3_5.checkpoint import save_pretrained
@@ -47,7 +61,11 @@ def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
 
 
 def make_grader(config, teacher=None, tokenizer=None):
-  """`grader(responses, records) -> rewards`: the grading pool, with the teacher as judge."""
+  """`grader(responses, records) -> rewards`: the grading pool, with the teacher as judge.
+
+  With several processes each grades its own contiguous block of the rollouts and the rewards are
+  gathered; the judge (a collective teacher rollout) then runs on every process over the whole list.
+  """
   from zppo_jax.rewards import GradingPool, RewardItem, grade_batch
   from zppo_jax.train.teacher import TeacherJudge
   pool = GradingPool(num_workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
@@ -56,15 +74,28 @@ def make_grader(config, teacher=None, tokenizer=None):
   def grader(responses, records):
     items = [RewardItem(resp, str(rec["answer"]), rec["question"], rec.get("choices"))
              for resp, rec in zip(responses, records)]
-    return grade_batch(items, pool, judge) if items else []
+    if not items:
+      return []
+    scores = distributed.map_blocks(lambda part: grade_batch(part, pool), items)
+    return grade_batch(items, _Graded(scores), judge) if judge is not None else scores
 
   grader.close = pool.close
   return grader
 
 
+class _Graded:
+  """A grading pool stand-in that returns grades computed already (the judge's input)."""
+
+  def __init__(self, scores):
+    self.scores = scores
+
+  def grade_many(self, items):
+    assert len(items) == len(self.scores)
+    return list(self.scores)
+
+
 def build_trainer(config, workdir: pathlib.Path, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
-  import jax
   from zppo_jax.data.prompts import PromptIterator, load_prompts
   from zppo_jax.sampling import SamplingParams
   from zppo_jax.train import augment
@@ -81,7 +112,8 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
-  student_devices, teacher_devices = split_devices(config.teacher.device_fraction)
+  student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction,
+                                                              split_devices)
   student_mesh = make_mesh_for(student_devices)
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
                      config.student.param_dtype, mesh=student_mesh)
@@ -99,18 +131,22 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
     teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
   prompts = load_prompts(config.data.train_path, tokenizer, augment.user_text,
                          max_prompt_tokens=config.data.max_prompt_tokens,
-                         rejects_path=workdir / "rejects.jsonl")
+                         rejects_path=workdir / "rejects.jsonl" if distributed.is_main() else None,
+                         vision=student.vision)
   if prompts.rejects:
     print(f"data: skipped {sum(prompts.rejects.values())} rows "
           f"({dict(sorted(prompts.rejects.items()))}); see {workdir / 'rejects.jsonl'}",
           file=stream)
+  # Every process iterates the same seeded global order (prompt records are small), so a step's
+  # batch is `rl.batch_prompts` prompts whatever the process count; the processes split the work
+  # on it (rollout rows over their devices, grading by blocks, the buffer by owner).
   iterator = PromptIterator(prompts.records, config.rl.batch_prompts, seed=config.seed,
-                            shuffle=config.data.shuffle, num_epochs=config.data.num_epochs,
-                            shard_index=jax.process_index(), shard_count=jax.process_count())
+                            shuffle=config.data.shuffle, num_epochs=config.data.num_epochs)
   eval_records = []
   if config.data.eval_path:
     eval_records = load_prompts(config.data.eval_path, tokenizer, augment.user_text,
-                                max_prompt_tokens=config.data.max_prompt_tokens).records
+                                max_prompt_tokens=config.data.max_prompt_tokens,
+                                vision=student.vision).records
   grader = make_grader(config, teacher, tokenizer)
   trainer = Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tokenizer,
                     prompts=iterator, grader=grader, stop_ids=stop_ids,
@@ -147,21 +183,29 @@ def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
 
 def main(argv: list[str]) -> int:
   """`zppo train`."""
-  config, flags = parse_args(argv)
+  config, flags = parse_args(argv, DISTRIBUTED_FLAGS)
+  distributed.initialize(flags.coordinator or None,
+                         int(flags.num_processes) if flags.num_processes else None,
+                         int(flags.process_id) if flags.process_id else None)
   enable_compilation_cache(config.compilation_cache_dir)
   workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr
   if config.demo.enabled:
     from zppo_jax.train import demo
-    demo.prepare(config, stream=stream)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    if distributed.is_main():   # Builds the cache once; the other processes then find it.
+      demo.prepare(config, stream=stream)
+    distributed.barrier("demo")
+    if not distributed.is_main():
+      demo.prepare(config, stream=stream)
+  if distributed.is_main():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   trainer, close = build_trainer(config, workdir, stream)
   try:
     summary = trainer.train()
   finally:
     close()
-  if summary.get("preempted"):
+  if summary.get("preempted") or not distributed.is_main():
     return 0
   print_summary(summary, workdir, stream)
   from zppo_jax.train.plots import write_plots

@@ -139,8 +139,8 @@ def main(argv: list[str]) -> int:
   stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
   examples = chat_examples(tokenizer, [(user_text(r["question"]), r["response"]) for r in rows],
                            stop)
-  train_sft(model, examples, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-            seed=args.seed, row_len=args.row_len)
+  train_sft(run.text_decoder(model), examples, steps=args.steps, batch_size=args.batch,
+            learning_rate=args.lr, seed=args.seed, row_len=args.row_len)
   run.save_model(model, args.out, tokenizer)
   print(f"sft: wrote {args.out}")
   return 0

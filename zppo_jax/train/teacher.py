@@ -20,6 +20,7 @@ from flax import nnx
 from zppo_jax import parallel
 from zppo_jax.rewards import JudgeItem, judge_prompt, parse_verdict
 from zppo_jax.sampling import Sampler, SamplingParams
+from zppo_jax.train.learner import packed_hidden
 from zppo_jax.train.groups import Completion
 
 
@@ -38,8 +39,12 @@ def split_devices(fraction: float, devices: Sequence | None = None) -> tuple[lis
 class Teacher:
   """Samples and scores with a frozen model.
 
+  Attributes:
+    vision: the `sampling.media.VisionEncoder` of a multimodal teacher (None: text model).
+
   Args:
-    model: the teacher `Qwen3_5ForCausalLM`.
+    model: the teacher `Qwen3_5ForCausalLM`, or a `Qwen3_5ForConditionalGeneration` (then it
+      samples image prompts too, and `hidden_states` takes packed rows with image features).
     max_total_len: longest prompt plus response a call may ask.
     sampling: temperature / top-p / top-k / stop ids of its rollouts.
     mesh: its own mesh (or the student's, or None).
@@ -49,8 +54,10 @@ class Teacher:
     self.model = model
     self.mesh = mesh
     self.sampler = Sampler(model, max_total_len=max_total_len, mesh=mesh)
+    self.vision = self.sampler.vision
     self.sampling = sampling
-    self.graphdef, self.params = nnx.split(model)
+    text = model.language_model if self.vision is not None else model
+    self.graphdef, self.params = nnx.split(text)
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
@@ -61,9 +68,11 @@ class Teacher:
             for ts, lps in zip(out.tokens, out.logprobs)]
 
   def hidden_states(self, batch: dict[str, np.ndarray]) -> jax.Array:
-    """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`, ...)."""
-    return _forward(self.graphdef, self.params, jnp.asarray(batch["tokens"]),
-                    jnp.asarray(batch["positions"]), jnp.asarray(batch["segment_ids"]))
+    """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`,
+    `segment_ids`, and `vision_embeds` / `vision_mask` when the prompts have images)."""
+    keys = ("tokens", "positions", "segment_ids", "vision_embeds", "vision_mask")
+    return _forward(self.graphdef, self.params,
+                    {k: jnp.asarray(batch[k]) for k in keys if k in batch})
 
   def lm_head_kernel(self) -> jax.Array:
     """float[Dt, V]."""
@@ -71,10 +80,8 @@ class Teacher:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, params, tokens, positions, segment_ids):
-  model = nnx.merge(graphdef, params)
-  hidden, _ = model.forward(input_ids=tokens, positions=positions, segment_ids=segment_ids)
-  return jax.lax.stop_gradient(hidden)
+def _forward(graphdef, params, batch):
+  return jax.lax.stop_gradient(packed_hidden(nnx.merge(graphdef, params), batch))
 
 
 class TeacherJudge:

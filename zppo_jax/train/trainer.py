@@ -21,7 +21,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from zppo_jax.data.prompts import encode_prompt
+from zppo_jax import distributed
+from zppo_jax.data.prompts import encode_prompt, join_prompt
 from zppo_jax.train import augment
 from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer
 from zppo_jax.train.config import method_flags
@@ -93,6 +94,8 @@ class Trainer:
     self.stream = stream or sys.stderr
     self.buffer = augment.make_buffer(config)
     self.teacher_cache: dict[str, list[list[int]]] = {}
+    # A multimodal student's image preprocessing; learners without a vision tower have none.
+    self.vision = getattr(student, "vision", None)
     self.stop_ids = set(stop_ids)
     self.totals: dict[str, float] = {}
     self.step = 0
@@ -118,10 +121,13 @@ class Trainer:
     new = next(self.prompts)
     replay = []
     if self.flags["replay"]:
-      replay = self.buffer.sample(int(round(rl.replay_ratio * rl.batch_prompts)),
-                                  self._rng(step, 1))
+      # Drawn from every process's partition with per-question keys: the same for any process
+      # count (`distributed.draw_replay`).
+      replay = distributed.draw_replay(self.buffer.records(),
+                                       int(round(rl.replay_ratio * rl.batch_prompts)),
+                                       (cfg.seed, step))
     records = [augment.strip_record(r) for r in new] + [dict(r) for r in replay]
-    plain = self._rollouts([(r, "plain", augment.prompt_ids(self.tokenizer, r["question"]), 0)
+    plain = self._rollouts([(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision), 0)
                             for r in records], self._seed(step, 2), times)
     metrics: dict[str, float] = {"batch/new": len(new), "batch/replay": len(replay)}
     accuracy = {g.qid: g.accuracy for g in plain}
@@ -137,7 +143,7 @@ class Trainer:
       t = time.perf_counter()
       specs, reform_metrics, reforms = augment.build_specs(
           plain, teacher_groups, len(new), cfg, self.flags, random.Random(self._seed(step, 4)),
-          self.tokenizer, self._teacher_text)
+          self.tokenizer, self._teacher_text, vision=self.vision)
       times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
       metrics.update(reform_metrics)
       extra_groups = self._rollouts(specs, self._seed(step, 5), times)
@@ -156,19 +162,28 @@ class Trainer:
       metrics.update(self._policy_updates(groups, advantages, self._rng(step, 6)))
     times["time_update"] = time.perf_counter() - t
 
-    metrics.update(augment.refresh_buffer(self.buffer, accuracy, records, self.totals))
+    metrics.update(self._refresh_buffer(accuracy, records))
     times["time_step"] = time.perf_counter() - t0
     tokens = sum(len(c.tokens) for g in groups for c in g.completions)
     times["time_tokens_per_s"] = tokens / max(times["time_step"], 1e-9)
-    metrics.update(times)
+    metrics.update(distributed.reduce_metrics(times))
     return metrics
+
+  def _refresh_buffer(self, accuracy: dict[str, float], records) -> dict[str, float]:
+    """Step 10 on this process's buffer partition; counts summed over the processes."""
+    local = augment.refresh_buffer(self.buffer, accuracy, records, {})
+    out = distributed.sum_counts({k: v for k, v in local.items() if not k.endswith("_total")})
+    for key in ("admitted", "graduated", "evicted"):
+      self.totals[key] = self.totals.get(key, 0) + out.get(f"buffer/{key}", 0)
+      out[f"buffer/{key}_total"] = self.totals[key]
+    return out
 
   def _rollouts(self, specs, seed: int, times: dict) -> list[Group]:
     """Samples G_S student rollouts for each (record, kind, prompt_ids, prefix tokens) spec."""
     if not specs:
       return []
     t = time.perf_counter()
-    prompts = [list(ids) + list(prefix or []) for _, _, ids, prefix in _with_prefix(specs)]
+    prompts = [join_prompt(ids, prefix) for _, _, ids, prefix in _with_prefix(specs)]
     outs = self.student.generate(prompts, num_samples=self.config.rl.group_size,
                                  max_new_tokens=self.config.sampling.max_new_tokens, seed=seed)
     times["time_rollout"] = times.get("time_rollout", 0.0) + time.perf_counter() - t
@@ -177,7 +192,8 @@ class Trainer:
       prefix = list(prefix or [])
       full = [Completion(prefix + c.tokens, [0.0] * len(prefix) + list(c.logprobs))
               for c in completions]
-      groups.append(Group(record["id"], kind, record, list(ids), full, loss_start=len(prefix),
+      groups.append(Group(record["id"], kind, record, join_prompt(ids, []), full,
+                          loss_start=len(prefix),
                           extra=extra))
     self._grade(groups, times)
     return groups
@@ -264,13 +280,17 @@ class Trainer:
   # --- checkpoints ---
 
   def host_state(self) -> dict:
-    return {"step": self.step, "buffer": self.buffer.state_dict(),
+    # Every process's buffer partition, so that the host state is the same on every process.
+    parts = distributed.allgather_objects(self.buffer.state_dict())
+    return {"step": self.step, "buffer": parts[0] if len(parts) == 1 else parts,
             "data": self.prompts.state(), "totals": self.totals, "seed": self.config.seed,
             "teacher_cache": self.teacher_cache}
 
   def load_host_state(self, host: dict) -> None:
     self.step = int(host["step"])
-    self.buffer.load_state_dict(host["buffer"])
+    buffer = host["buffer"]
+    self.buffer.load_state_dict(buffer[self.buffer.process_index] if isinstance(buffer, list)
+                                else buffer)
     self.prompts.restore(host["data"])
     self.totals = {k: float(v) for k, v in host["totals"].items()}
     self.teacher_cache = {k: [list(t) for t in v] for k, v in host["teacher_cache"].items()}
@@ -281,8 +301,8 @@ class Trainer:
     """Accuracy of the student on the held-out questions (G_S samples each, training sampling)."""
     if not self.eval_records:
       return {}
-    groups = self._rollouts([(r, "plain", augment.prompt_ids(self.tokenizer, r["question"]), 0)
-                             for r in self.eval_records], 10**6 + step, {})
+    groups = self._rollouts([(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision),
+                              0) for r in self.eval_records], 10**6 + step, {})
     return {"eval/accuracy": float(np.mean([g.accuracy for g in groups])),
             "eval/solved": int(sum(g.accuracy > 0 for g in groups))}
 
@@ -300,19 +320,24 @@ class Trainer:
       print(f"train: resumed from step {self.step} in {ckpt.directory}", file=self.stream)
     elif self.eval_records:
       summary["eval_before"] = self.evaluate(0)
-      summary_path.parent.mkdir(parents=True, exist_ok=True)
-      summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    writer = MetricsWriter(self.workdir, cfg.total_steps, start_step=self.step, stream=self.stream)
+      if distributed.is_main():
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    # Every process computes the same metrics; only the main process writes them.
+    writer = MetricsWriter(self.workdir, cfg.total_steps, start_step=self.step,
+                           stream=self.stream) if distributed.is_main() else None
     preempted = False
     try:
       with PreemptionFlag() as flag:
         while self.step < cfg.total_steps:
           step = self.step + 1
+          distributed.barrier(f"step{step}")   # Host work (logs, checkpoints) may drift.
           metrics = self.run_step(step)
           self.step = step
           if cfg.eval_every and step % cfg.eval_every == 0:
             metrics.update(self.evaluate(step))
-          writer.write(step, metrics)
+          if writer is not None:
+            writer.write(step, metrics)
           if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or flag.requested:
             t = time.perf_counter()
             ckpt.save(step, self.student.state(), self.host_state(), force=True)
@@ -324,12 +349,14 @@ class Trainer:
             metrics["time_checkpoint"] = time.perf_counter() - t
     finally:
       ckpt.close()
-      writer.close()
+      if writer is not None:
+        writer.close()
     if not preempted and self.step >= cfg.total_steps:
       if self.eval_records and "eval_after" not in summary:
         summary["eval_after"] = self.evaluate(self.step)
       summary.update({"step": self.step, "method": cfg.method, **self.totals})
-      summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+      if distributed.is_main():
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
     summary["preempted"] = preempted
     return summary
 

@@ -14,11 +14,11 @@ Multi-host partition: with P processes, process p owns the questions whose stabl
 the id) mod P equals p, with capacity ⌊|B|max/P⌋ (+1 for the first |B|max mod P processes). Every
 process is given the whole step's accuracies and ignores the ids it does not own, so admission,
 graduation and membership are exactly those of one global buffer (each question's fate depends
-only on its own accuracy, and it lives in exactly one partition). Eviction and sampling are
-stratified: each partition evicts its own oldest, and each process draws its share of the replay
-batch (`local_sample_size`) from its own partition. With the uniform hash the partitions fill
-evenly, so this matches global FIFO and global uniform sampling up to the hash's balance, and the
-union of the processes' samples never repeats a question.
+only on its own accuracy, and it lives in exactly one partition). Eviction is stratified: each
+partition evicts its own oldest, which matches a global FIFO up to the hash's balance (and only
+matters when the buffer is full). The trainer draws the replay batch over every partition with
+`distributed.draw_replay` (the n smallest per-question keys of (seed, step, id)), so the draw is the
+same for any number of processes.
 """
 import hashlib
 import random
@@ -80,6 +80,10 @@ class ReplayBuffer:
   def __contains__(self, qid: Hashable) -> bool:
     return qid in self._entries
 
+  def records(self) -> list[Any]:
+    """The buffered records, oldest first."""
+    return [record for record, _ in self._entries.values()]
+
   def qids(self) -> list[Hashable]:
     """The buffered ids, oldest first."""
     return list(self._entries)
@@ -134,15 +138,11 @@ class ReplayBuffer:
       step["evicted"] += 1
     return step
 
-  def local_sample_size(self, n: int) -> int:
-    """This process's share of a global replay batch of ``n`` (the shares add up to ``n``)."""
-    return n // self.num_processes + (self.process_index < n % self.num_processes)
-
   def sample(self, n: int, rng: random.Random | Any) -> list[Any]:
     """Draws ``n`` records uniformly without replacement (all of them when fewer are buffered).
 
     Args:
-      n: how many to draw from this process's partition (see `local_sample_size`).
+      n: how many to draw from this process's partition.
       rng: a seeded `random.Random`, or a `numpy.random.Generator`.
 
     Returns:
@@ -150,7 +150,7 @@ class ReplayBuffer:
     """
     if n < 0:
       raise ValueError(f"n must be >= 0, got {n}")
-    records = [record for record, _ in self._entries.values()]
+    records = self.records()
     k = min(n, len(records))
     if isinstance(rng, random.Random):
       return rng.sample(records, k)

@@ -93,7 +93,7 @@ KEY_TABLE: dict[str, tuple[KeyRule, ...]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class KeyEntry:
   """A resolved rule: HF key, our flat path, index on the stacked axis (or None), shapes."""
   hf_key: str
   path: tuple[Any, ...]
@@ -103,7 +103,7 @@ class _Entry:
   our_shape: tuple[int, ...]   # without the stacked axis
 
 
-def _key_entries(cfg: ModelConfig, flat_state: dict[tuple, Any], prefix: str) -> list[_Entry]:
+def key_entries(cfg: ModelConfig, flat_state: dict[tuple, Any], prefix: str) -> list[KeyEntry]:
   """All HF tensors the model has, in HF order, resolved against the (abstract) state."""
 
   def entry(hf_key, path, stack_index, rule):
@@ -117,7 +117,7 @@ def _key_entries(cfg: ModelConfig, flat_state: dict[tuple, Any], prefix: str) ->
                 tuple(reversed(shape)) if rule.transpose else shape)
     if math.prod(hf_shape) != math.prod(shape):
       raise AssertionError(f"{hf_key}: HF shape {hf_shape} vs ours {shape}")
-    return _Entry(hf_key, path, stack_index, rule, hf_shape, shape)
+    return KeyEntry(hf_key, path, stack_index, rule, hf_shape, shape)
 
   def split(dotted):
     return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
@@ -134,19 +134,22 @@ def _key_entries(cfg: ModelConfig, flat_state: dict[tuple, Any], prefix: str) ->
   return entries
 
 
-def _hf_to_ours(tensor: np.ndarray, e: _Entry) -> np.ndarray:
+def hf_to_ours(tensor: np.ndarray, e: KeyEntry) -> np.ndarray:
+  """One HF tensor -> its slice of our parameter (transposed and reshaped by the entry's rule)."""
   if e.rule.transpose:
     tensor = tensor.T
   return tensor.reshape(e.our_shape)
 
 
-def _ours_to_hf(array: np.ndarray, e: _Entry) -> np.ndarray:
+def ours_to_hf(array: np.ndarray, e: KeyEntry) -> np.ndarray:
+  """The inverse of `hf_to_ours`: our (unstacked) parameter value -> the HF tensor."""
   if e.rule.transpose:
     return np.ascontiguousarray(array.reshape(tuple(reversed(e.hf_shape))).T)
   return np.ascontiguousarray(array.reshape(e.hf_shape))
 
 
-def _flat(state) -> dict[tuple, Any]:
+def flatten_state(state) -> dict[tuple, Any]:
+  """An nnx.State as {path tuple: Variable} (the paths `key_entries` resolves against)."""
   return {tuple(path): var for path, var in nnx.to_flat_state(state)}
 
 
@@ -155,7 +158,7 @@ def abstract_model(cfg: ModelConfig) -> Qwen3_5ForCausalLM:
   return nnx.eval_shape(lambda: Qwen3_5ForCausalLM(cfg, rngs=nnx.Rngs(0)))
 
 
-class _Reader:
+class Reader:
   """Lazy access to the tensors of a single-file or sharded safetensors directory."""
 
   def __init__(self, path: str):
@@ -195,8 +198,12 @@ class _Reader:
 def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
                     mesh: jax.sharding.Mesh | None = None,
                     rules: parallel.Rules = parallel.TRAIN_RULES, *, param_dtype: Any = None,
-                    **runtime) -> Qwen3_5ForCausalLM:
-  """Loads a HF Qwen3.5 checkpoint directory as our text model.
+                    text_only: bool = False, **runtime) -> Qwen3_5ForCausalLM:
+  """Loads a HF Qwen3.5 checkpoint directory as our text or vision-language model.
+
+  A checkpoint with vision weights (`model.visual.*`) gives the multimodal
+  `multimodal.Qwen3_5ForConditionalGeneration` (its text decoder placed by `mesh`, the vision
+  tower replicated), unless `text_only`; every other checkpoint gives `Qwen3_5ForCausalLM`.
 
   Args:
     path: directory with ``config.json`` and ``model.safetensors`` or a sharded index.
@@ -205,6 +212,7 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
       None puts everything on the default device.
     rules: logical-axis rule set (``parallel.TRAIN_RULES`` or ``parallel.SAMPLE_RULES``).
     param_dtype: storage dtype; default ``dtype``.
+    text_only: load only the text decoder of a multimodal checkpoint (its vision tower skipped).
     **runtime: other runtime config fields (``scan_layers``, ``remat``, ``gdn_chunk_size``).
 
   Returns:
@@ -215,14 +223,19 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
       the key (and both shapes).
   """
   path = os.fspath(path)
+  if not text_only:
+    from zppo_jax.models.qwen3_5 import multimodal  # It imports this module.
+    if multimodal.has_vision_weights(path):
+      return multimodal.load_pretrained_multimodal(path, dtype, param_dtype=param_dtype,
+                                                   mesh=mesh, rules=rules, **runtime)
   cfg = ModelConfig.from_hf(path, dtype=dtype,
                             param_dtype=dtype if param_dtype is None else param_dtype, **runtime)
   graphdef, abstract_state = nnx.split(abstract_model(cfg))
-  flat_state = _flat(abstract_state)
-  reader = _Reader(path)
+  flat_state = flatten_state(abstract_state)
+  reader = Reader(path)
   keys = reader.keys()
   prefix = MULTIMODAL_PREFIX if any(k.startswith(MULTIMODAL_PREFIX) for k in keys) else TEXT_PREFIX
-  entries = _key_entries(cfg, flat_state, prefix)
+  entries = key_entries(cfg, flat_state, prefix)
   expected = {e.hf_key for e in entries}
   available = {k for k in keys if not k.startswith(SKIPPED_PREFIXES)}
   missing = sorted(expected - available)
@@ -243,9 +256,9 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
       raise ValueError(f"{path}: tensor {e.hf_key} has shape {got} in the checkpoint but the "
                        f"config implies {e.hf_shape}")
   shardings = (None if mesh is None else
-               _flat(parallel.state_shardings(abstract_state, mesh, rules)))
+               flatten_state(parallel.state_shardings(abstract_state, mesh, rules)))
 
-  by_path: dict[tuple, list[_Entry]] = {}
+  by_path: dict[tuple, list[KeyEntry]] = {}
   for e in entries:
     by_path.setdefault(e.path, []).append(e)
   if set(by_path) != set(flat_state):
@@ -257,7 +270,7 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
     aval = var.get_value()
     host = np.empty(aval.shape, np.dtype(aval.dtype))
     for e in param_entries:
-      value = _hf_to_ours(reader.get(e.hf_key), e)
+      value = hf_to_ours(reader.get(e.hf_key), e)
       if e.stack_index is None:
         host[...] = value
       else:
@@ -276,14 +289,15 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
   return nnx.merge(graphdef, state)
 
 
-def _check_tied_head(reader: _Reader, prefix: str, path: str):
+def _check_tied_head(reader: Reader, prefix: str, path: str):
   """A tied model's checkpoint may still store the LM head; it must equal the embedding."""
   if not np.array_equal(reader.get("lm_head.weight"), reader.get(prefix + "embed_tokens.weight")):
     raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "
                      f"{prefix}embed_tokens.weight")
 
 
-def _host_value(array: jax.Array, index: int | None) -> np.ndarray:
+def host_value(array: jax.Array, index: int | None) -> np.ndarray:
+  """A (possibly sharded) parameter, or its `index` on the stacked axis, as a host array."""
   if index is not None:
     array = array[index]
   if not array.is_fully_addressable:
@@ -291,8 +305,8 @@ def _host_value(array: jax.Array, index: int | None) -> np.ndarray:
   return np.asarray(jax.device_get(array))
 
 
-def _plan_shards(entries: list[_Entry], itemsize: int, max_shard_bytes: int
-                 ) -> list[list[_Entry]]:
+def _plan_shards(entries: list[KeyEntry], itemsize: int, max_shard_bytes: int
+                 ) -> list[list[KeyEntry]]:
   shards, size = [[]], 0
   for e in entries:
     nbytes = math.prod(e.hf_shape) * itemsize
@@ -308,6 +322,9 @@ def save_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
                     max_shard_bytes: int = 5 * 2**30, dtype: Any = None) -> list[str]:
   """Writes ``model`` as a HF ``Qwen3_5ForCausalLM`` checkpoint (config.json + safetensors).
 
+  A ``Qwen3_5ForConditionalGeneration`` is written as that (vision tower included, one file, by
+  ``multimodal.save_pretrained_multimodal``).
+
   Args:
     model: our model (sharded or not).
     out_dir: output directory (created).
@@ -318,11 +335,14 @@ def save_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
     The written file names. In a multi-process run every process must call this (the
     parameters are gathered collectively); only process 0 writes.
   """
+  from zppo_jax.models.qwen3_5 import multimodal  # It imports this module.
+  if isinstance(model, multimodal.Qwen3_5ForConditionalGeneration):
+    return multimodal.save_pretrained_multimodal(model, out_dir, dtype)
   out_dir = os.fspath(out_dir)
   cfg = model.cfg
   dtype = np.dtype(cfg.param_dtype if dtype is None else dtype)
-  flat_state = _flat(nnx.state(model, nnx.Param))
-  entries = _key_entries(cfg, flat_state, TEXT_PREFIX)
+  flat_state = flatten_state(nnx.state(model, nnx.Param))
+  entries = key_entries(cfg, flat_state, TEXT_PREFIX)
   shards = _plan_shards(entries, dtype.itemsize, max_shard_bytes)
   writer = jax.process_index() == 0
   if writer:
@@ -333,8 +353,8 @@ def save_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
   for name, shard in zip(names, shards):
     tensors = {}
     for e in shard:
-      value = _host_value(flat_state[e.path].get_value(), e.stack_index)
-      tensors[e.hf_key] = _ours_to_hf(value.astype(dtype), e)
+      value = host_value(flat_state[e.path].get_value(), e.stack_index)
+      tensors[e.hf_key] = ours_to_hf(value.astype(dtype), e)
       weight_map[e.hf_key] = name
     if writer:
       save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})

@@ -173,7 +173,7 @@ def _read_config(path: str) -> tuple[dict[str, Any], tuple[int, int]]:
   return hf, (int(block[0]), int(block[1]))
 
 
-def _tensor(reader: ckpt._Reader, key: str) -> np.ndarray:
+def _tensor(reader: ckpt.Reader, key: str) -> np.ndarray:
   """A tensor as numpy; fp8 and bf16 go through torch (numpy has neither dtype)."""
   try:
     return reader.get(key)
@@ -209,12 +209,12 @@ def load_fp8_pretrained(path: str | os.PathLike, dtype: Any = jnp.bfloat16,
   hf, block = _read_config(path)
   cfg = ModelConfig.from_hf(hf, dtype=dtype,
                             param_dtype=dtype if param_dtype is None else param_dtype, **runtime)
-  reader = ckpt._Reader(path)
+  reader = ckpt.Reader(path)
   keys = set(reader.keys())
   prefix = (ckpt.MULTIMODAL_PREFIX if any(k.startswith(ckpt.MULTIMODAL_PREFIX) for k in keys)
             else ckpt.TEXT_PREFIX)
   plain = ckpt.abstract_model(cfg)
-  entries = ckpt._key_entries(cfg, ckpt._flat(nnx.state(plain)), prefix)
+  entries = ckpt.key_entries(cfg, ckpt.flatten_state(nnx.state(plain)), prefix)
   quantized: dict[tuple, bool] = {}
   for e in entries:
     q = e.hf_key + SCALE_SUFFIX in keys
@@ -226,7 +226,7 @@ def load_fp8_pretrained(path: str | os.PathLike, dtype: Any = jnp.bfloat16,
   ours = (block[1], block[0])  # HF blocks are along (out, in); our kernels are [in, out].
   graphdef, abstract_state = nnx.split(nnx.eval_shape(
       lambda: quantize_modules(Qwen3_5ForCausalLM(cfg, rngs=nnx.Rngs(0)), module_paths, ours)))
-  flat = ckpt._flat(abstract_state)
+  flat = ckpt.flatten_state(abstract_state)
   expected = {e.hf_key for e in entries} | {e.hf_key + SCALE_SUFFIX for e in entries
                                             if quantized[e.path]}
   available = {k for k in keys if not k.startswith(ckpt.SKIPPED_PREFIXES)}
@@ -235,7 +235,7 @@ def load_fp8_pretrained(path: str | os.PathLike, dtype: Any = jnp.bfloat16,
   if expected - available or available - expected:
     raise ValueError(f"{path}: missing tensors {sorted(expected - available)[:10]}, unexpected "
                      f"tensors {sorted(available - expected)[:10]}")
-  shardings = None if mesh is None else ckpt._flat(
+  shardings = None if mesh is None else ckpt.flatten_state(
       parallel.state_shardings(abstract_state, mesh, rules))
   hosts: dict[tuple, np.ndarray] = {}
 
@@ -264,7 +264,7 @@ def load_fp8_pretrained(path: str | os.PathLike, dtype: Any = jnp.bfloat16,
       put(e.path, e.stack_index, weight.T)
       put(e.path[:-1] + ("scale",), e.stack_index, scale.T)
     else:
-      put(e.path, e.stack_index, ckpt._hf_to_ours(weight.astype(np.float32), e))
+      put(e.path, e.stack_index, ckpt.hf_to_ours(weight.astype(np.float32), e))
   reader.close()
   for var_path, host in hosts.items():
     var = flat[var_path]

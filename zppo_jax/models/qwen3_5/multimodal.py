@@ -195,25 +195,29 @@ def _decode(language_model: Qwen3_5ForCausalLM, embeds, positions, mask) -> jax.
 
 def has_vision_weights(path: str | os.PathLike) -> bool:
   """Whether a HF checkpoint directory holds `model.visual.*` tensors."""
-  return any(k.startswith(VISION_PREFIX) for k in checkpoint._Reader(os.fspath(path)).keys())
+  return any(k.startswith(VISION_PREFIX) for k in checkpoint.Reader(os.fspath(path)).keys())
 
 
 def load_pretrained_multimodal(path: str | os.PathLike, dtype: Any = jnp.float32, *,
-                               param_dtype: Any = None, **runtime) -> Qwen3_5ForConditionalGeneration:
+                               param_dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
+                               rules=None, **runtime) -> Qwen3_5ForConditionalGeneration:
   """Loads a HF `Qwen3_5ForConditionalGeneration` checkpoint directory (vision weights included).
 
-  The text decoder goes through `checkpoint.load_pretrained` (which skips `model.visual.*`); the
-  vision tower is read with the `vision.HF_VISION_KEYS` table and placed on the default device.
+  The text decoder goes through `checkpoint.load_pretrained` (which skips `model.visual.*`), placed
+  by `mesh` and `rules` like a text model; the vision tower is read with the
+  `vision.HF_VISION_KEYS` table and placed on the default device (it is small and replicated).
   """
   path = os.fspath(path)
   param_dtype = dtype if param_dtype is None else param_dtype
   cfg = MultimodalConfig.from_hf(path, dtype=dtype, param_dtype=param_dtype, **runtime)
-  reader = checkpoint._Reader(path)
+  reader = checkpoint.Reader(path)
   tensors = {k: reader.get(k) for k in reader.keys() if k.startswith(VISION_PREFIX)}
   if not tensors:
     raise ValueError(f"{path}: no {VISION_PREFIX}* tensors; load it with "
                      "checkpoint.load_pretrained as a text model")
-  language_model = checkpoint.load_pretrained(path, dtype, param_dtype=param_dtype, **runtime)
+  placement = {"mesh": mesh} if rules is None else {"mesh": mesh, "rules": rules}
+  language_model = checkpoint.load_pretrained(path, dtype, param_dtype=param_dtype,
+                                              text_only=True, **placement, **runtime)
   params = vision_params_from_hf(tensors, cfg.vision, prefix=VISION_PREFIX)
   expected = {VISION_PREFIX + k for k in vision_params_to_hf(params, cfg.vision, prefix="")}
   unexpected = sorted(set(tensors) - expected)
@@ -233,11 +237,11 @@ def save_pretrained_multimodal(model: Qwen3_5ForConditionalGeneration, out_dir: 
   out_dir = os.fspath(out_dir)
   cfg = model.cfg
   dtype = np.dtype(cfg.text.param_dtype if dtype is None else dtype)
-  flat = checkpoint._flat(nnx.state(model.language_model, nnx.Param))
+  flat = checkpoint.flatten_state(nnx.state(model.language_model, nnx.Param))
   tensors = {}
-  for e in checkpoint._key_entries(cfg.text, flat, checkpoint.MULTIMODAL_PREFIX):
-    value = checkpoint._host_value(flat[e.path].get_value(), e.stack_index)
-    tensors[e.hf_key] = checkpoint._ours_to_hf(value.astype(dtype), e)
+  for e in checkpoint.key_entries(cfg.text, flat, checkpoint.MULTIMODAL_PREFIX):
+    value = checkpoint.host_value(flat[e.path].get_value(), e.stack_index)
+    tensors[e.hf_key] = checkpoint.ours_to_hf(value.astype(dtype), e)
   for key, value in vision_params_to_hf(vision_state_dict(model.visual), cfg.vision,
                                         prefix=VISION_PREFIX).items():
     tensors[key] = value.astype(dtype)
