@@ -60,7 +60,7 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   metrics = learner.train_step(batch) + learner.train_step(batch)
   host = {f"m{i}_{k}": np.float64(v) for i, m in enumerate(metrics) for k, v in m.items()}
   # Host-side reductions: each process contributes its own share.
-  share = distributed.shard_items(list(range(10)))
+  share = list(range(10))[distributed.block(10)]
   reduced = distributed.reduce_metrics({"reward": float(np.mean(share)), "num_rows": len(share),
                                         "len_max": float(max(share))}, weight="num_rows")
   host.update({f"reduced_{k}": v for k, v in reduced.items()})
@@ -125,16 +125,13 @@ def test_host_metric_reduction(runs):
     assert run["reduced_len_max"] == 9
 
 
-def test_shard_items_and_owner_partition():
+def test_blocks_partition_in_order():
   from zppo_jax import distributed  # pylint: disable=import-outside-toplevel
   items = list(range(11))
-  parts = [distributed.shard_items(items, i, 3) for i in range(3)]
-  assert sorted(sum(parts, [])) == items and max(map(len, parts)) - min(map(len, parts)) <= 1
-  owners = [distributed.owner(f"q{i}", 4) for i in range(200)]
-  assert set(owners) == {0, 1, 2, 3} and owners == [distributed.owner(f"q{i}", 4)
-                                                    for i in range(200)]
+  parts = [items[distributed.block(len(items), i, 3)] for i in range(3)]
+  assert sum(parts, []) == items and max(map(len, parts)) - min(map(len, parts)) <= 1
   with pytest.raises(ValueError, match="outside"):
-    distributed.shard_items(items, 3, 3)
+    distributed.block(len(items), 3, 3)
 
 
 if __name__ == "__main__":

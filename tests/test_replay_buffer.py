@@ -162,6 +162,26 @@ def test_partitioned_buffers_match_one_global_buffer():
   assert len(drawn) == len(set(drawn)) == 10
 
 
+@pytest.mark.parametrize("new_p", [1, 2, 4])
+def test_partitions_reload_on_another_process_count(new_p):
+  rng = random.Random(1)
+  parts = [ReplayBuffer(300, num_processes=3, process_index=p) for p in range(3)]
+  for _ in range(10):
+    accs = {f"q{rng.randrange(100)}": rng.choice([0, 0.25, 1.0]) for _ in range(20)}
+    for b in parts:
+      b.update(accs, {q: rec(q) for q in accs if b.owns(q)})
+  states = json.loads(json.dumps([b.state_dict() for b in parts]))
+  new = [ReplayBuffer(300, num_processes=new_p, process_index=p) for p in range(new_p)]
+  for b in new:
+    b.load_partitions(states)
+    assert all(b.owns(q) for q in b.qids())
+  assert sorted(q for b in new for q in b.qids()) == sorted(q for b in parts for q in b.qids())
+  for key in ("admitted", "graduated", "evicted"):
+    assert sum(b.counters[key] for b in new) == sum(b.counters[key] for b in parts)
+  with pytest.raises(ValueError, match="not the partitions of one run"):
+    new[0].load_partitions(states[:2])
+
+
 def test_stable_hash_is_deterministic():
   assert stable_hash("abc") == stable_hash("abc") != stable_hash("abd")
   # Pinned: a resumed multi-host run must put every question in the same partition as before.

@@ -3,13 +3,10 @@
 Every host runs the same program (`launch/tpu_run.sh`, `launch/gpu_run.sh`); JAX arrays span all
 hosts' devices and jitted steps are collective. What is *not* collective is host work, split here:
 
-- data: `shard_items` / `block` give a process its share of a list (the trainer's prompt order
-  is global, see below);
 - rollouts: the rows are split over every host's devices (`replicate` places the sampler's host
-  inputs); each process grades its own block of them (`map_blocks`); `local_rows` returns the rows
-  of a row-sharded array that live on this process;
-- the replay buffer: each question belongs to one process (`owner`; the buffer's own partition
-  uses `ReplayBuffer.owns`), which keeps its entry;
+  inputs); each process grades its own contiguous block of them (`block`, `map_blocks`);
+- the replay buffer: each question belongs to one process (`ReplayBuffer.owns`), which keeps its
+  entry;
 - metrics: per-process host numbers are reduced across processes (`reduce_metrics`,
   `sum_counts`) so that every process logs the same values; only process 0 writes logs
   (`is_main`).
@@ -22,7 +19,7 @@ grading by contiguous blocks (`map_blocks`), the replay buffer by owner, drawn f
 per-question keys (`draw_replay`) so that the draw does not depend on the partition.
 
     distributed.initialize()        # no-op unless ZPPO_DISTRIBUTED=1 (set by the launch scripts)
-    mine = distributed.shard_items(prompts)
+    rewards = distributed.map_blocks(grade, responses, answers)
     metrics = distributed.reduce_metrics({"reward": local_mean, "num_rows": n}, weight="num_rows")
 """
 from __future__ import annotations
@@ -30,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zlib
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
@@ -80,51 +76,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_main() -> bool:
   """True on process 0 (the one that logs, writes plots and exports)."""
   return jax.process_index() == 0
-
-
-def shard_items(items: Sequence[T], index: int | None = None, count: int | None = None
-                ) -> list[T]:
-  """Process `index`'s share of `items` (every `count`-th item, starting at `index`).
-
-  The shares are disjoint, cover every item, and differ in size by at most one.
-  """
-  index = jax.process_index() if index is None else index
-  count = jax.process_count() if count is None else count
-  if not 0 <= index < count:
-    raise ValueError(f"process index {index} is outside [0, {count})")
-  return list(items[index::count])
-
-
-def owner(key: str | int, count: int | None = None) -> int:
-  """The process that owns `key` (a question id) in the replay buffer: stable across runs and
-  hosts (CRC-32 of its text, not Python's salted `hash`)."""
-  count = jax.process_count() if count is None else count
-  return zlib.crc32(str(key).encode()) % count
-
-
-def owns(key: str | int, index: int | None = None, count: int | None = None) -> bool:
-  """Whether process `index` (default: this one) owns `key`."""
-  return owner(key, count) == (jax.process_index() if index is None else index)
-
-
-def local_rows(array: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """The rows (axis 0) of a row-sharded global array that live on this process's devices.
-
-  Returns:
-    (global row indices int[r], the rows [r, ...]) in row order, each row once even when it is
-    replicated over several local devices.
-  """
-  pieces: dict[int, np.ndarray] = {}
-  for shard in array.addressable_shards:
-    rows = range(*shard.index[0].indices(array.shape[0])) if shard.index else range(
-        array.shape[0])
-    data = np.asarray(shard.data)
-    for i, r in enumerate(rows):
-      pieces.setdefault(r, data[i])
-  order = sorted(pieces)
-  if not order:
-    return np.zeros((0,), np.int64), np.zeros((0, *array.shape[1:]), array.dtype)
-  return np.asarray(order), np.stack([pieces[r] for r in order])
 
 
 def allgather(x: np.ndarray | float) -> np.ndarray:

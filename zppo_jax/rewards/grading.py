@@ -187,6 +187,12 @@ def _warm_up() -> None:
   global _warm
   if not _warm:
     from math_verify import parse, verify
+    # math-verify warns once per process when called without its signal-based timeout; grading
+    # here runs in worker processes that `rewards.pool` kills when they hang, which is the
+    # interruption the notice asks for.
+    for name in ("math_verify.grader", "math_verify.parser"):
+      logging.getLogger(name).addFilter(
+          lambda record: not record.getMessage().startswith("Timeout is disabled"))
     verify(parse("\\boxed{1}", parsing_timeout=None), parse("\\boxed{1}", parsing_timeout=None),
            timeout_seconds=None)
     _warm = True

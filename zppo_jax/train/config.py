@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.demo.student_sft_steps = 400
   c.demo.teacher_sft_steps = 400
   c.demo.sft_batch = 16
-  c.demo.sft_row_len = 384           # packed SFT rows: short rows keep attention cheap
+  c.demo.sft_row_len = 1024          # packed SFT rows
   c.demo.sft_lr = 3e-3
   # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
   # on rendered digits; student and teacher are multimodal with a tiny vision tower.

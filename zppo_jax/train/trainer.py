@@ -288,9 +288,8 @@ class Trainer:
 
   def load_host_state(self, host: dict) -> None:
     self.step = int(host["step"])
-    buffer = host["buffer"]
-    self.buffer.load_state_dict(buffer[self.buffer.process_index] if isinstance(buffer, list)
-                                else buffer)
+    buffer = host["buffer"]  # One partition per process of the saving run, whatever their count.
+    self.buffer.load_partitions(buffer if isinstance(buffer, list) else [buffer])
     self.prompts.restore(host["data"])
     self.totals = {k: float(v) for k, v in host["totals"].items()}
     self.teacher_cache = {k: [list(t) for t in v] for k, v in host["teacher_cache"].items()}

@@ -23,7 +23,7 @@ same for any number of processes.
 import hashlib
 import random
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 _STATE_VERSION = 1
@@ -192,6 +192,44 @@ class ReplayBuffer:
     while len(self._entries) > self.local_capacity:  # The capacity may have shrunk.
       _, (_, entry_accuracy) = self._entries.popitem(last=False)
       self._bump("evicted_by_entry_accuracy", entry_accuracy)
+
+  def load_partitions(self, states: Sequence[Mapping[str, Any]]) -> None:
+    """Restores this partition from the snapshots of every partition of a run with any number of
+    processes (a run resumed on a different slice).
+
+    Keeps the entries this partition owns, each old partition's order preserved (the old
+    partitions' entries are interleaved oldest-first by their rank in their partition). The
+    counters of all the old partitions are summed into process 0, so that their sum over the
+    processes is unchanged.
+
+    Raises:
+      ValueError: unknown version, or snapshots that are not one run's complete set of partitions.
+    """
+    states = list(states)
+    if len(states) == 1 and states[0].get("num_processes") == self.num_processes:
+      self.load_state_dict(states[0])
+      return
+    for state in states:
+      if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"unknown replay-buffer state version {state.get('version')!r}")
+    if sorted(s["process_index"] for s in states) != list(range(states[0]["num_processes"])):
+      raise ValueError(f"{len(states)} replay-buffer snapshots are not the partitions of one run "
+                       f"({[(s['process_index'], s['num_processes']) for s in states]})")
+    ranked = sorted((rank, i, entry) for i, s in enumerate(states)
+                    for rank, entry in enumerate(s["entries"]))
+    counters = _new_counters()
+    if self.process_index == 0:
+      for state in states:
+        for key, value in state["counters"].items():
+          if isinstance(value, Mapping):
+            for bin_, count in value.items():
+              counters[key][bin_] = counters[key].get(bin_, 0) + int(count)
+          else:
+            counters[key] += int(value)
+    self.load_state_dict({
+        "version": _STATE_VERSION, "num_processes": self.num_processes,
+        "process_index": self.process_index, "counters": counters,
+        "entries": [entry for _, _, entry in ranked if self.owns(_hashable(entry[0]))]})
 
 
 def _hashable(qid: Any) -> Hashable:
