@@ -122,13 +122,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.demo.student_layers = 4
   c.demo.teacher_hidden = 96
   c.demo.teacher_layers = 4
+  c.demo.attention_every = 2      # full attention every this many layers (the rest GDN)
   c.demo.student_sft_levels = (1, 2)
   c.demo.teacher_sft_levels = (1, 2, 3)
   c.demo.sft_examples_per_level = 2000
   c.demo.student_sft_steps = 400
   c.demo.teacher_sft_steps = 400
-  c.demo.sft_batch = 16
-  c.demo.sft_row_len = 1024          # packed SFT rows
+  c.demo.student_sft_batch = 32   # examples per SFT step
+  c.demo.teacher_sft_batch = 16
+  c.demo.sft_row_len = 384        # packed SFT rows (fewer padded tokens than longer rows)
   c.demo.sft_lr = 3e-3
   # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
   # on rendered digits; student and teacher are multimodal with a tiny vision tower.

@@ -28,14 +28,20 @@ from zppo_jax.zppo import templates
 
 
 def model_config(config, role: str, vocab_size: int):
-  """The demo's tiny Qwen3.5 shapes: one hybrid cycle (3 GDN + 1 attention) repeated."""
+  """The demo's tiny Qwen3.5 shapes: a hybrid cycle (GDN layers, then one attention) repeated.
+
+  The released models put attention every 4th layer; the demo's 4-layer models put it every 2nd
+  (`demo.attention_every`): with a single attention layer a tiny model learns to read the
+  operands out of the prompt several times slower.
+  """
   from zppo_jax.models.qwen3_5 import config as model_cfg
   hidden = int(config.demo[f"{role}_hidden"])
   layers = int(config.demo[f"{role}_layers"])
+  every = int(config.demo.attention_every)
   return model_cfg.ModelConfig(
       vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
       num_hidden_layers=layers,
-      layer_types=tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+      layer_types=tuple("full_attention" if (i + 1) % every == 0 else "linear_attention"
                         for i in range(layers)),
       num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
       linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=hidden // 4,
@@ -163,8 +169,8 @@ def _build(config, root: pathlib.Path, stream) -> None:
     print(f"demo: warm-starting the {role} ({_count(model):,} parameters) on "
           f"{len(pairs)} examples, {steps} steps", file=stream)
     sft.train_sft(model, sft.chat_examples(tokenizer, pairs, stop), steps=steps,
-                  batch_size=demo.sft_batch, learning_rate=demo.sft_lr, seed=config.seed,
-                  row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
+                  batch_size=demo[f"{role}_sft_batch"], learning_rate=demo.sft_lr,
+                  seed=config.seed, row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
     if demo.visual:
       model = _with_vision_tower(config, model, tokenizer, seed=config.seed + 2)
     run.save_model(model, root / role, tokenizer)
