@@ -20,15 +20,19 @@ IMAGE_GRIDS = np.array([[1, 4, 6], [1, 6, 4], [1, 2, 2]])
 VIDEO_GRIDS = np.array([[2, 4, 4]])
 
 
-def _hf_model():
-  text = TEXT.to_hf()
+def hf_config(text_cfg=TEXT, vision_cfg=VISION) -> transformers.Qwen3_5Config:
+  """The transformers config of our text and vision configs, with this file's token ids."""
+  text = text_cfg.to_hf()
   for key in ("architectures", "model_type", "dtype"):
     text.pop(key)
-  vision = {k: v for k, v in VISION.to_hf().items() if k != "model_type"}
-  config = transformers.Qwen3_5Config(text_config=text, vision_config=vision,
-                                      tie_word_embeddings=TEXT.tie_word_embeddings, **TOKENS)
+  vision = {k: v for k, v in vision_cfg.to_hf().items() if k != "model_type"}
+  return transformers.Qwen3_5Config(text_config=text, vision_config=vision,
+                                    tie_word_embeddings=text_cfg.tie_word_embeddings, **TOKENS)
+
+
+def _hf_model():
   torch.manual_seed(0)
-  model = transformers.Qwen3_5ForConditionalGeneration(config).float().eval()
+  model = transformers.Qwen3_5ForConditionalGeneration(hf_config()).float().eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "visual" in name:

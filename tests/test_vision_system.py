@@ -16,29 +16,16 @@ from zppo_jax.data import packing
 from zppo_jax.data import prompts as prompts_lib
 from zppo_jax.data import vision as vision_lib
 from zppo_jax.models import qwen3_5
-from zppo_jax.models.qwen3_5 import config as config_lib
 from zppo_jax.models.qwen3_5 import multimodal as mm
-from zppo_jax.models.qwen3_5.vision_config import vision_tiny
 from zppo_jax.sampling import Sampler, SamplingParams, media
 from zppo_jax.train.learner import Learner, LearnerConfig
 
-IMG, VID, START, END = 120, 121, 122, 123
-TOKENS = dict(image_token_id=IMG, video_token_id=VID, vision_start_token_id=START,
-              vision_end_token_id=END)
-TEXT = config_lib.tiny(head_dim=32, mrope_section=(2, 1, 1))
-VISION = vision_tiny(out_hidden_size=TEXT.hidden_size)
-
+from test_vision_multimodal import END, IMG, START, VISION, hf_config
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-  text = TEXT.to_hf()
-  for key in ("architectures", "model_type", "dtype"):
-    text.pop(key)
-  vision = {k: v for k, v in VISION.to_hf().items() if k != "model_type"}
-  config = transformers.Qwen3_5Config(text_config=text, vision_config=vision,
-                                      tie_word_embeddings=TEXT.tie_word_embeddings, **TOKENS)
   torch.manual_seed(0)
-  hf = transformers.Qwen3_5ForConditionalGeneration(config).float().eval()
+  hf = transformers.Qwen3_5ForConditionalGeneration(hf_config()).float().eval()
   with torch.no_grad():
     for name, p in hf.named_parameters():
       if "visual" in name:   # A random tower whose features are not ~0.
