@@ -184,6 +184,10 @@ class Learner:
       init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
                                   jnp.zeros([], jnp.int32))
       self.state = jax.jit(init, out_shardings=state_sh)(params)
+    self._jit_steps(state_sh)
+
+  def _jit_steps(self, state_sh) -> None:
+    """The jitted update, distillation update and log-probs, with the state's shardings."""
     self._update = jax.jit(self._policy_update, donate_argnums=0,
                            out_shardings=(state_sh, None))
     self._distill = jax.jit(self._distill_update, donate_argnums=0,
@@ -211,11 +215,7 @@ class Learner:
       state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            state, state_sh)
     learner.state = state
-    learner._update = jax.jit(learner._policy_update, donate_argnums=0,
-                              out_shardings=(state_sh, None))
-    learner._distill = jax.jit(learner._distill_update, donate_argnums=0,
-                               out_shardings=(state_sh, None))
-    learner._logprobs = jax.jit(learner._all_logprobs)
+    learner._jit_steps(state_sh)
     return learner
 
   def lower_update(self, batch: Batch):
