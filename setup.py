@@ -22,7 +22,9 @@ setuptools.setup(
     install_requires=_requirements(),
     extras_require={
         # torch is pinned: an unpinned torch resolves to a multi-GB CUDA build.
-        "test": ["torch==2.13.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"],
+        # libtpu lets tests compile `zppo plan`'s programs for a TPU slice on a CPU host.
+        "test": ["torch==2.13.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15",
+                 "libtpu==0.0.51"],
         "tpu": ["libtpu==0.0.51"],
         "cuda": ["jax[cuda12]==0.10.2"],
     },
