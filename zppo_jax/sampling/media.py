@@ -7,13 +7,15 @@ A prompt with images (`data.prompts.ImagePrompt`: ids with expanded `<|image_pad
   positions   int32[3, L] mRoPE (t, h, w) positions from `rope_index.get_rope_index`; decoding
               continues at their maximum plus one (the cache's `next_position`).
 
-The features are computed once per prompt (`VisionEncoder.features`) and shared by the G samples
+The features are computed once per prompt's images (`VisionEncoder.features`, which remembers
+them by their pixel array, shared by every prompt `join_prompt` extends) and reused by the G samples
 (the prompt is prefilled once) and by the learner's packed rows of its rollouts (`prompt_inputs`),
 so the log-probabilities of training see the same inputs as sampling did. The vision tower is
 frozen during RL: only the text decoder is trained.
 """
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -25,6 +27,7 @@ from zppo_jax.models.qwen3_5.rope_index import IMAGE, get_rope_index
 from zppo_jax.models.qwen3_5.vision import vision_inputs
 
 _MIN_PATCH_BUCKET = 64
+_CACHE_BYTES = 1 << 30   # features remembered between sampling and packing a step's prompts
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -46,9 +49,15 @@ class VisionEncoder:
   def __init__(self, model):
     self.cfg = model.cfg
     self.graphdef, self.params = nnx.split(model.visual)
+    # id(pixel_values) -> (pixel_values, grid, features), least recently used first; holding the
+    # array keeps its id from being reused.
+    self._cache: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+    self._cache_bytes = 0
 
   def update_params(self, model) -> None:
     self.params = nnx.state(model.visual)
+    self._cache.clear()
+    self._cache_bytes = 0
 
   def features(self, prompt: ImagePrompt, sample: int | str = "?") -> np.ndarray:
     """float32[n_image_tokens, D] features of the prompt's images, in order of appearance.
@@ -69,12 +78,25 @@ class VisionEncoder:
     if pads != n // vision.merge_unit:
       raise ValueError(f"prompt {sample}: {pads} image placeholder tokens but its images give "
                        f"{n // vision.merge_unit} features (grids {grid.tolist()})")
+    key = id(prompt.pixel_values)
+    hit = self._cache.get(key)
+    if hit is not None and hit[0] is prompt.pixel_values and np.array_equal(hit[1], grid):
+      self._cache.move_to_end(key)
+      return hit[2]
     size = _bucket(n, _MIN_PATCH_BUCKET)
     pixels = np.zeros((size, prompt.pixel_values.shape[1]), np.float32)
     pixels[:n] = prompt.pixel_values
     out = _encode(self.graphdef, self.params, pixels.astype(vision.dtype),
                   vision_inputs(grid, vision, pad_to=size))
-    return np.asarray(out, np.float32)[:n // vision.merge_unit]
+    features = np.asarray(out, np.float32)[:n // vision.merge_unit]
+    features.setflags(write=False)  # Shared by every caller that asks for these images.
+    if hit is not None:
+      self._cache_bytes -= self._cache.pop(key)[2].nbytes
+    self._cache[key] = (prompt.pixel_values, grid, features)
+    self._cache_bytes += features.nbytes
+    while self._cache_bytes > _CACHE_BYTES and len(self._cache) > 1:
+      self._cache_bytes -= self._cache.popitem(last=False)[1][2].nbytes
+    return features
 
 
 def prompt_inputs(prompt: ImagePrompt, encoder: VisionEncoder, sample: int | str = "?"
