@@ -101,7 +101,7 @@ class SamplerGenerator:
   def __init__(self, model, tokenizer, decoding: DecodingConfig = DecodingConfig(), mesh=None):
     is_multimodal = isinstance(model, multimodal.Qwen3_5ForConditionalGeneration)
     self.multimodal = model if is_multimodal else None
-    text_model = model.language_model if self.multimodal is not None else model
+    text_model = multimodal.text_decoder(model)
     self.tokenizer = tokenizer
     self.decoding = decoding
     self.stop_ids = stop_token_ids(tokenizer)

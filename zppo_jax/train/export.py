@@ -16,6 +16,7 @@ import ml_collections
 
 def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None) -> int:
   """Writes the latest student of `workdir` to `out_dir`; returns the exported step."""
+  from zppo_jax.models.qwen3_5.multimodal import text_decoder
   from zppo_jax.train import run
   from zppo_jax.train.checkpointing import RunCheckpointer
   from zppo_jax.train.learner import Learner
@@ -29,7 +30,7 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   model = run.load_model(config.student.checkpoint, config.student.compute_dtype,
                          config.student.param_dtype)
-  text = run.text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
+  text = text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
   learner = Learner(text, learner_config(config, config.rl.inner_updates))
   restored = RunCheckpointer(workdir, keep=config.keep_checkpoints, async_save=False).restore(
       learner.state)

@@ -44,12 +44,6 @@ def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None)
                          param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
 
 
-def text_decoder(model):
-  """The text decoder of `model`: its language model when it is a vision-language model."""
-  from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration
-  return model.language_model if isinstance(model, Qwen3_5ForConditionalGeneration) else model
-
-
 def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
   """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
   from zppo_jax.models.qwen3_5.checkpoint import save_pretrained

@@ -116,6 +116,7 @@ def main(argv: list[str]) -> int:
   instructions stripped, RL closer appended) and the loss is on the response tokens.
   """
   import argparse
+  from zppo_jax.models.qwen3_5.multimodal import text_decoder
   from zppo_jax.train import run  # The model loader; imported late to keep --help cheap.
   from zppo_jax.train.augment import user_text
   parser = argparse.ArgumentParser(prog="zppo sft")
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
   stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
   examples = chat_examples(tokenizer, [(user_text(r["question"]), r["response"]) for r in rows],
                            stop)
-  train_sft(run.text_decoder(model), examples, steps=args.steps, batch_size=args.batch,
+  train_sft(text_decoder(model), examples, steps=args.steps, batch_size=args.batch,
             learning_rate=args.lr, seed=args.seed, row_len=args.row_len)
   run.save_model(model, args.out, tokenizer)
   print(f"sft: wrote {args.out}")

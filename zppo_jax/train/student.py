@@ -21,7 +21,7 @@ import numpy as np
 from zppo_jax.data import packing
 from zppo_jax.data.prompts import ImagePrompt
 from zppo_jax.data.vision import VisionProcessorConfig
-from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration
+from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration, text_decoder
 from zppo_jax.sampling import Sampler, SamplingParams, media
 from zppo_jax.train.groups import Completion
 from zppo_jax.train.learner import Learner, LearnerConfig
@@ -76,7 +76,7 @@ class Student:
     self.model = model
     self.config = config
     multimodal = isinstance(model, Qwen3_5ForConditionalGeneration)
-    self.text_model = model.language_model if multimodal else model
+    self.text_model = text_decoder(model)
     self.vision = vision_processor(model, config) if multimodal else None
     self.row_len = int(config.rl.pack_row_len)
     self.sampler = Sampler(model, max_total_len=self.row_len, mesh=mesh)

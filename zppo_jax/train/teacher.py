@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from zppo_jax import parallel
+from zppo_jax.models.qwen3_5.multimodal import text_decoder
 from zppo_jax.rewards import JudgeItem, judge_prompt, parse_verdict
 from zppo_jax.sampling import Sampler, SamplingParams
 from zppo_jax.train.learner import packed_hidden
@@ -56,8 +57,7 @@ class Teacher:
     self.sampler = Sampler(model, max_total_len=max_total_len, mesh=mesh)
     self.vision = self.sampler.vision
     self.sampling = sampling
-    text = model.language_model if self.vision is not None else model
-    self.graphdef, self.params = nnx.split(text)
+    self.graphdef, self.params = nnx.split(text_decoder(model))
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:

@@ -193,6 +193,11 @@ def _decode(language_model: Qwen3_5ForCausalLM, embeds, positions, mask) -> jax.
   return language_model.logits(hidden)
 
 
+def text_decoder(model) -> Qwen3_5ForCausalLM:
+  """The text decoder of `model`: its language model when it is a vision-language model."""
+  return model.language_model if isinstance(model, Qwen3_5ForConditionalGeneration) else model
+
+
 def has_vision_weights(path: str | os.PathLike) -> bool:
   """Whether a HF checkpoint directory holds `model.visual.*` tensors."""
   return any(k.startswith(VISION_PREFIX) for k in checkpoint.Reader(os.fspath(path)).keys())
