@@ -158,6 +158,8 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
       return jax.random.wrap_key_data(one(jax.random.key_data(x)),
                                       impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x   # Already a global array (computed on the mesh).
     host = np.asarray(x)   # device_put takes host values (not local arrays) for global shardings
     return jax.device_put(host, replicated)
 

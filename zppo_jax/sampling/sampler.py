@@ -23,7 +23,7 @@ from flax import nnx
 
 from zppo_jax import distributed, parallel
 from zppo_jax.data.prompts import ImagePrompt, join_prompt
-from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration
+from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration, place_features
 from zppo_jax.sampling import filters, loop as rollout, media
 from zppo_jax.sampling.state import FINISH_NAMES
 
@@ -176,26 +176,33 @@ class Sampler:
     return self._run(params, seed, len(prompts), ids, None, None, mask)
 
   def _image_inputs(self, prompts, ids, mask):
-    """Embeddings float[R, W, D] with image features placed, and positions int32[3, R, W]."""
+    """Embeddings float[R, W, D] with image features placed (built on device), and positions
+    int32[3, R, W]."""
     if self.vision is None:
       first = next(i for i, p in enumerate(prompts) if isinstance(p, ImagePrompt))
       raise ValueError(f"prompt {first} has images but the model has no vision tower (a "
                        "text-only checkpoint)")
-    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      global_ids = distributed.replicate(ids, self.mesh) if self.mesh is not None else ids
-      embeds = np.array(distributed.to_host(_embed(self.graphdef, self.params, global_ids)),
-                        np.float32)
     positions = np.zeros((3,) + ids.shape, np.int32)
+    image_mask = np.zeros(ids.shape, bool)
+    features = []   # in row-major order of the image pads, as `place_features` reads them
     width = ids.shape[1]
     for i, p in enumerate(prompts):
       cols = slice(width - len(p), width)
       if isinstance(p, ImagePrompt):
-        pos, image_mask, features = media.prompt_inputs(p, self.vision, sample=i)
-        embeds[i, cols][image_mask] = features
+        pos, image_mask[i, cols], f = media.prompt_inputs(p, self.vision, sample=i)
         positions[:, i, cols] = pos
+        features.append(f)
       else:
         positions[:, i, cols] = np.arange(len(p), dtype=np.int32)
-    return embeds.astype(self.cfg.dtype), positions
+    features = np.concatenate(features)
+    padded = np.zeros((_bucket(len(features), 1), features.shape[1]), np.float32)
+    padded[:len(features)] = features   # A few bucketed shapes: few compiles.
+    host = (ids, image_mask, padded)
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      ids, image_mask, padded = (distributed.replicate(host, self.mesh) if self.mesh is not None
+                                 else host)
+      embeds = _embed_with_features(self.graphdef, self.params, ids, image_mask, padded)
+    return embeds, positions
 
   def generate_from_embeddings(self, embeddings: Sequence[np.ndarray],
                                positions: Sequence[np.ndarray], params: SamplingParams,
@@ -271,8 +278,9 @@ class Sampler:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed(graphdef, params, ids):
-  return nnx.merge(graphdef, params).embed(ids)
+def _embed_with_features(graphdef, params, ids, image_mask, features):
+  """Token embeddings with features[k] over the k-th image pad (row-major)."""
+  return place_features(nnx.merge(graphdef, params).embed(ids), image_mask, features)
 
 
 def _unpack(num_prompts, group, tokens, logprobs, sampling_logprobs, lengths, finish):
