@@ -111,7 +111,8 @@ class Student:
     Image prompts get their features from `encoder` (default: the student's vision tower).
     """
     vision = self._vision_inputs([s for p in parts for s in p], encoder or self.sampler.vision)
-    packed = [self._pack_part(p, None, with_advantages, vision) for p in parts]
+    # First pass for the row count only (no image features: the rows are the same).
+    packed = [self._pack_part(p, None, with_advantages, {}) for p in parts]
     rows = _bucket(max(b.tokens.shape[0] for b in packed),
                    max(int(self.config.rl.min_rows_per_update),
                        int(self.config.rl.micro_batch_rows)))
