@@ -198,7 +198,7 @@ class Reader:
 def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
                     mesh: jax.sharding.Mesh | None = None,
                     rules: parallel.Rules = parallel.TRAIN_RULES, *, param_dtype: Any = None,
-                    text_only: bool = False, **runtime) -> Qwen3_5ForCausalLM:
+                    text_only: bool = False, **runtime) -> nnx.Module:
   """Loads a HF Qwen3.5 checkpoint directory as our text or vision-language model.
 
   A checkpoint with vision weights (`model.visual.*`) gives the multimodal
