@@ -46,6 +46,8 @@ def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
                                "broken_image": 1}
   rejects = [json.loads(l) for l in (tmp_path / "rejects.jsonl").read_text().splitlines()]
   assert len(rejects) == 9 and {r["reason"] for r in rejects} == set(out.rejects)
+  assert all(r["detail"] for r in rejects)
+  assert "/nonexistent.png" in rejects[-1].pop("detail")
   assert rejects[-1] == {"line": 18, "reason": "broken_image", "id": "e5"}
   prompt = tok.decode(out.records[0]["prompt_ids"], skip_special_tokens=False)
   assert prompt.startswith("<|im_start|>user\nWhat is") and "\\boxed{}" in prompt

@@ -12,6 +12,8 @@ counts go to `report.json`. The row checks here are shared with the ZPPO-77K bui
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import collections
 import dataclasses
 import json
@@ -22,8 +24,7 @@ from typing import Any, Callable, Iterator
 from zppo_jax.data import prompts, records, tfds_source, vision
 
 # The prompt pipeline's reasons, plus the ones only a builder can see.
-REJECT_REASONS = prompts.REJECT_REASONS + (
-    "non_utf8", "bad_field", "small_image", "answer_too_long")
+REJECT_REASONS = prompts.REJECT_REASONS + ("answer_too_long",)
 IMAGE_MARKER = re.compile(r"<image>\s*")
 DEFAULT_FIELDS = {"id": "id", "question": "question", "answer": "answer", "images": "images"}
 _INPUT_SUFFIXES = (".jsonl", ".parquet", ".arrow")
@@ -64,21 +65,7 @@ def iter_file_rows(path: pathlib.Path, skip_columns: tuple[str, ...] = ()
   `skip_columns` are not read from Parquet files (a scan that does not need the image bytes).
   """
   if path.suffix == ".jsonl":
-    with path.open("rb") as f:
-      for i, line in enumerate(f):
-        if not line.strip():
-          continue
-        try:
-          text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-          yield i, RowError("non_utf8", str(e))
-          continue
-        try:
-          row = json.loads(text)
-        except json.JSONDecodeError as e:
-          yield i, RowError("bad_record", str(e))
-          continue
-        yield i, row if isinstance(row, dict) else RowError("bad_record", "not a JSON object")
+    yield from iter_jsonl_rows(path)
     return
   import pyarrow as pa  # Only needed for columnar input.
   if path.suffix == ".parquet":
@@ -102,6 +89,27 @@ def iter_file_rows(path: pathlib.Path, skip_columns: tuple[str, ...] = ()
     for j, row in enumerate(rows):
       yield start + j, row
     start += batch.num_rows
+
+
+def iter_jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
+  """(line number, row dict or RowError) for every non-blank line of a JSONL file: a line that is
+  not UTF-8 (also one cut inside a character) is `non_utf8`, one that is not a JSON object is
+  `bad_record`."""
+  with path.open("rb") as f:
+    for i, line in enumerate(f):
+      if not line.strip():
+        continue
+      try:
+        text = line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield i, RowError("non_utf8", str(e))
+        continue
+      try:
+        row = json.loads(text)
+      except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        yield i, RowError("bad_record", str(e)[:200])
+        continue
+      yield i, row if isinstance(row, dict) else RowError("bad_record", "not a JSON object")
 
 
 def get_field(row: dict, name: str) -> Any:
@@ -132,26 +140,52 @@ def text_field(value: Any, field: str, *, missing: str) -> str:
   return value
 
 
-def image_bytes(value: Any, base: pathlib.Path) -> list[bytes]:
-  """The encoded images of a field: None, one image or a list; each bytes, a path, or an HF
-  `{"bytes", "path"}` struct."""
+def image_sources(value: Any, base: pathlib.Path) -> list[bytes | pathlib.Path]:
+  """The images of a field, each as encoded bytes or a file path.
+
+  A field is None, one image or a list of images; an image is bytes (a Parquet `binary` or
+  `list<binary>` column), an HF `{"bytes": ..., "path": ...}` struct (its bytes may be base64 text
+  in JSONL), a `data:image/...;base64,` URI, or a path (relative to `base`, else to the working
+  directory).
+
+  Raises:
+    RowError: `broken_image` for a value that is none of these, or base64 that does not decode.
+  """
   if value is None:
     return []
   items = value if isinstance(value, (list, tuple)) else [value]
   out = []
   for item in items:
     if isinstance(item, dict):
-      item = item.get("bytes") or item.get("path")
+      data = item.get("bytes")
+      item = _base64(data) if isinstance(data, str) and data else (data or item.get("path"))
     if isinstance(item, (bytes, bytearray)):
       out.append(bytes(item))
+    elif isinstance(item, str) and item.startswith("data:") and ";base64," in item[:100]:
+      out.append(_base64(item.partition(",")[2]))
     elif isinstance(item, str) and item:
-      path = pathlib.Path(item) if pathlib.Path(item).is_absolute() else base / item
-      try:
-        out.append(path.read_bytes())
-      except OSError as e:
-        raise RowError("broken_image", f"cannot read {path}: {e}") from e
+      path = pathlib.Path(item)
+      out.append(path if path.is_absolute() or not (base / path).exists() else base / path)
     else:
       raise RowError("broken_image", f"unsupported image value {type(item).__name__}")
+  return out
+
+
+def _base64(text: str) -> bytes:
+  try:
+    return base64.b64decode(text, validate=True)
+  except (binascii.Error, ValueError) as e:
+    raise RowError("broken_image", f"image bytes are not valid base64: {e}") from e
+
+
+def image_bytes(value: Any, base: pathlib.Path) -> list[bytes]:
+  """The encoded images of a field (see `image_sources`), files read."""
+  out = []
+  for source in image_sources(value, base):
+    try:
+      out.append(source if isinstance(source, bytes) else source.read_bytes())
+    except OSError as e:
+      raise RowError("broken_image", f"cannot read {source}: {e}") from e
   return out
 
 

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import base64
 import functools
+import io
 import json
+import math
 import pathlib
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
 
+from zppo_jax.data import markup
+
+_DATA_URI = "data:image;base64,"
 REJECT_REASONS = ("bad_record", "no_id", "duplicate_id", "empty_question", "no_answer",
-                  "too_long", "broken_image", "small_image")
+                  "too_long", "broken_image", "small_image", "non_utf8", "bad_field",
+                  "needs_vision")
 
 
 @dataclasses.dataclass
@@ -39,21 +46,10 @@ class PromptSet:
 
 
 def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, object]]:
-  """(line or row number, row) of a JSONL or Parquet file; an unparseable line yields its text."""
-  path = pathlib.Path(path)
-  if path.suffix == ".parquet":
-    import pyarrow.parquet as pq  # Only needed for Parquet input.
-    for i, row in enumerate(pq.read_table(path).to_pylist()):
-      yield i, row
-    return
-  with path.open() as f:
-    for i, line in enumerate(f):
-      if not line.strip():
-        continue
-      try:
-        yield i, json.loads(line)
-      except json.JSONDecodeError:
-        yield i, line.rstrip("\n")
+  """(line or row number, row) of a JSONL, Parquet or Arrow file; a line that is not UTF-8 or not
+  a JSON object yields a `generic_builder.RowError` naming the reason instead of a row."""
+  from zppo_jax.data.generic_builder import iter_file_rows  # It imports this module.
+  yield from iter_file_rows(pathlib.Path(path))
 
 
 class ImagePrompt(list):
@@ -94,11 +90,14 @@ def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
   Args:
     tokenizer: an HF tokenizer with a chat template (and the Qwen vision tokens if `images`).
     user_text: the user turn's text.
-    images: the question's images (paths, bytes or PIL images); each becomes one
+    images: the question's images (paths, `data:` base64 URIs, bytes or PIL images); each becomes one
       `<|vision_start|><|image_pad|><|vision_end|>` block before the text, its pad expanded to
       the image's token count (the layout of `data.pipeline.Preprocessor.encode`).
     vision: `data.vision.VisionProcessorConfig` of the model; needed when `images` is non-empty.
     sample: names the question in error messages.
+
+  Special-token strings in `user_text` (``<|im_end|>``, ``<|image_pad|>``...) are written as
+  plain text first (`data.markup`), so the text cannot forge a turn or an image slot.
 
   Returns:
     list[int], or an `ImagePrompt` when there are images.
@@ -112,6 +111,8 @@ def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
     raise ValueError(f"sample {sample}: the question has images but the model has no vision "
                      "tower (a text-only checkpoint)")
   placeholder = vision_lib.VISION_START + vision_lib.IMAGE_PAD + vision_lib.VISION_END
+  # The user text is data: a chat marker or image pad inside it must not become the real token.
+  user_text = markup.neutralize_special_tokens(user_text, tokenizer)
   text = tokenizer.apply_chat_template(
       [{"role": "user", "content": placeholder * len(images) + user_text}], tokenize=False,
       add_generation_prompt=True)
@@ -129,6 +130,8 @@ def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
 def _preprocess_image(image, vision, name: str) -> tuple[np.ndarray, np.ndarray]:
   """(pixel_values, grid) of one image; an image given by path is processed once per process."""
   from zppo_jax.data import vision as vision_lib
+  if isinstance(image, str) and image.startswith("data:") and ";base64," in image[:100]:
+    image = base64.b64decode(image.partition(",")[2])
   if not isinstance(image, (str, pathlib.Path)):
     out = vision_lib.preprocess_images([image], vision, name)
     return out["pixel_values"], out["image_grid_thw"]
@@ -150,40 +153,51 @@ def _preprocess_path(path: str, vision) -> tuple[np.ndarray, np.ndarray]:
 def load_prompts(path: str | pathlib.Path, tokenizer, build_user_text: Callable[[str], str], *,
                  max_prompt_tokens: int, rejects_path: str | pathlib.Path | None = None,
                  vision=None) -> PromptSet:
-  """Validates, formats and tokenises every row of `path`.
+  """Validates, formats and tokenises every row of `path`; a bad row is skipped, never fatal.
 
   Args:
-    path: JSONL (one JSON object per line) or Parquet; fields `id`, `question`, `answer`, optional
-      `images` (paths).
+    path: JSONL (one JSON object per line), Parquet or Arrow; fields `id` (string or integer),
+      `question` (string), `answer` (string, integer or finite number), optional `choices` (a
+      list of option strings, or letter -> string) and `images` (see
+      `generic_builder.image_sources`: paths, bytes, `{"bytes": ...}` structs, base64).
     tokenizer: an HF tokenizer with a chat template.
     build_user_text: question -> the user turn's text.
     max_prompt_tokens: longer prompts are rejected as `too_long`.
-    rejects_path: where to write one JSON line per rejected row ({line, reason, id}).
+    rejects_path: where to write one JSON line per rejected row ({line, reason, id, detail}).
     vision: the model's `data.vision.VisionProcessorConfig`; when given, rows with images are
       encoded with their image tokens (counted against `max_prompt_tokens`), and images the
-      processor refuses are rejected (`small_image` below its minimum side, else `broken_image`).
+      processor refuses are rejected (`small_image` below its minimum side, else
+      `broken_image`). Without it (a text-only model) rows with images are `needs_vision`.
 
   Returns:
     The usable records and the reject counts.
   """
+  from zppo_jax.data.generic_builder import RowError
+  path = pathlib.Path(path)
+  max_chars = max_prompt_tokens * _max_token_chars(tokenizer)
   records, rejects, seen, lines = [], collections.Counter(), set(), []
   for line, row in read_rows(path):
-    reason = _reject_reason(row, seen)
-    if reason is None:
-      ids, reason = _encode_row(tokenizer, build_user_text, row, vision)
-    if reason is None:
+    try:
+      if isinstance(row, RowError):
+        raise row
+      record = _valid_record(row, seen, path.parent, vision)
+      if len(record["question"]) > max_chars:  # Cannot fit: no need to tokenise megabytes.
+        raise RowError("too_long", f"question of {len(record['question'])} characters")
+      ids = _encode_record(tokenizer, build_user_text, record, vision)
       if len(ids) > max_prompt_tokens:
-        reason = "too_long"
-      else:
-        seen.add(str(row["id"]))
-        # Ids only: the pixels are recomputed when the prompt is used (a prompt set's images
-        # would not fit in memory).
-        records.append({**row, "id": str(row["id"]), "answer": str(row["answer"]),
-                        "prompt_ids": list(ids)})
-        continue
-    rejects[reason] += 1
-    lines.append({"line": line, "reason": reason,
-                  "id": row.get("id") if isinstance(row, dict) else None})
+        raise RowError("too_long", f"{len(ids)} tokens > {max_prompt_tokens}")
+    except Exception as e:  # noqa: BLE001 - one bad row never stops the load; it is recorded.
+      reason = e.reason if isinstance(e, RowError) else "bad_record"
+      rejects[reason] += 1
+      row_id = row.get("id") if isinstance(row, dict) else None
+      lines.append({"line": line, "reason": reason,
+                    "id": row_id if isinstance(row_id, (str, int)) else None,
+                    "detail": str(e)[:300]})
+      continue
+    seen.add(record["id"])
+    # Ids only: the pixels are recomputed when the prompt is used (a prompt set's images would
+    # not fit in memory).
+    records.append({**record, "prompt_ids": list(ids)})
   if rejects_path is not None:
     rejects_path = pathlib.Path(rejects_path)
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,46 +207,100 @@ def load_prompts(path: str | pathlib.Path, tokenizer, build_user_text: Callable[
   return PromptSet(records, rejects)
 
 
-def _encode_row(tokenizer, build_user_text, row: dict, vision) -> tuple[list[int], str | None]:
-  """(prompt ids, None), or ([], reason) when an image is refused by the vision processor."""
+def _max_token_chars(tokenizer) -> int:
+  """The longest vocabulary entry: a text of more than `n` times this many characters has more
+  than `n` tokens (a byte-level token covers at most as many characters as its entry has)."""
+  return max(map(len, tokenizer.get_vocab()), default=1) or 1
+
+
+def _encode_record(tokenizer, build_user_text, record: dict, vision) -> list[int]:
+  """The prompt ids of a valid record; image errors become `small_image`/`broken_image`."""
   from zppo_jax.data import vision as vision_lib
-  images = (row.get("images") or ()) if vision is not None else ()
+  from zppo_jax.data.generic_builder import RowError
   try:
-    return encode_prompt(tokenizer, build_user_text(row["question"]), images, vision,
-                         sample=row["id"]), None
-  except vision_lib.SmallImageError:
-    return [], "small_image"
-  except vision_lib.VisionInputError:
-    return [], "broken_image"
+    return encode_prompt(tokenizer, build_user_text(record["question"]), record["images"],
+                         vision, sample=record["id"])
+  except vision_lib.SmallImageError as e:
+    raise RowError("small_image", str(e)) from e
+  except vision_lib.VisionInputError as e:
+    raise RowError("broken_image", str(e)) from e
 
 
-def _reject_reason(row: object, seen: set[str]) -> str | None:
-  if not isinstance(row, dict):
-    return "bad_record"
-  if row.get("id") is None or str(row["id"]) == "":
-    return "no_id"
-  if str(row["id"]) in seen:
-    return "duplicate_id"
+def _valid_record(row: dict, seen: set[str], base: pathlib.Path, vision) -> dict:
+  """The row with strict types: `id` and `answer` as strings, `choices` a list (or mapping) of
+  strings or absent, `images` a list of paths or bytes that open as images.
+
+  Raises:
+    RowError: naming the reason (`no_id`, `bad_field`, `duplicate_id`, `empty_question`,
+      `no_answer`, `broken_image`, `needs_vision`) and the field.
+  """
+  from zppo_jax.data.generic_builder import RowError, image_sources
+  row_id = row.get("id")
+  if row_id is None or row_id == "":
+    raise RowError("no_id", "id is missing")
+  if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
+    raise RowError("bad_field", f"id is {type(row_id).__name__}, not a string or integer")
+  row_id = str(row_id)
+  if not row_id.strip():
+    raise RowError("no_id", "id is blank")
+  if row_id in seen:
+    raise RowError("duplicate_id", f"id {row_id!r} was seen before")
   question = row.get("question")
-  if not isinstance(question, str) or not question.strip():
-    return "empty_question"
-  answer = row.get("answer")
+  if question is not None and not isinstance(question, str):
+    raise RowError("bad_field", f"question is {type(question).__name__}, not a string")
+  if not question or not question.strip():
+    raise RowError("empty_question", "question is missing or blank")
+  answer = _answer_text(row.get("answer"))
+  choices = _choices(row.get("choices"))
+  images = []
+  for i, source in enumerate(image_sources(row.get("images"), base)):
+    _check_image(source, f"image {i}")
+    # Embedded bytes are kept as a data URI: records go into the replay buffer's JSON state.
+    images.append(_DATA_URI + base64.b64encode(source).decode("ascii")
+                  if isinstance(source, bytes) else str(source))
+  if images and vision is None:
+    raise RowError("needs_vision", f"{len(images)} image(s), but the model has no vision tower")
+  return {**row, "id": row_id, "question": question, "answer": answer, "choices": choices,
+          "images": images}
+
+
+def _answer_text(answer: object) -> str:
+  """A gold answer as text: strings as they are, integers and finite numbers written out."""
+  from zppo_jax.data.generic_builder import RowError
   if answer is None or (isinstance(answer, str) and not answer.strip()):
-    return "no_answer"
-  for image in row.get("images") or ():
-    if not _image_ok(image):
-      return "broken_image"
-  return None
+    raise RowError("no_answer", "answer is missing or blank")
+  if isinstance(answer, str):
+    return answer
+  if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+    raise RowError("bad_field", f"answer is {type(answer).__name__}, not a string or number")
+  if isinstance(answer, float) and not math.isfinite(answer):
+    raise RowError("bad_field", f"answer is {answer}, not a finite number")
+  return str(answer)
 
 
-def _image_ok(image: object) -> bool:
+def _choices(choices: object) -> list[str] | dict[str, str] | None:
+  """Multiple-choice options: a list of strings, a letter -> string mapping, or None."""
+  from zppo_jax.data.generic_builder import RowError
+  if choices is None:
+    return None
+  if isinstance(choices, (list, tuple)) and all(isinstance(c, str) for c in choices):
+    return list(choices) or None
+  if isinstance(choices, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                       for k, v in choices.items()):
+    return dict(choices) or None
+  raise RowError("bad_field", f"choices is {type(choices).__name__}, not a list of strings")
+
+
+def _check_image(source: bytes | pathlib.Path, name: str) -> None:
+  """Raises `broken_image` unless the image opens and its header verifies (a cheap check; the
+  full decode happens when the prompt is encoded)."""
+  from PIL import Image  # Only needed when records carry images.
+  from zppo_jax.data.generic_builder import RowError
   try:
-    from PIL import Image  # Only needed when records carry images.
-    with Image.open(str(image)) as im:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
       im.verify()
-    return True
-  except Exception:  # Any failure to open or decode makes the row unusable.
-    return False
+  except Exception as e:  # noqa: BLE001 - any failure to open or decode makes the row unusable.
+    raise RowError("broken_image", f"{name}: {type(e).__name__}: {e}") from e
 
 
 class PromptIterator:

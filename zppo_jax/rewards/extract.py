@@ -17,12 +17,18 @@ _BOX = r"\\(?:boxed|fbox)(?![A-Za-z])\s*\{"
 _TOKEN_RE = re.compile(_BOX + r"|\\.|[{}]", re.DOTALL)
 
 
+# The think tags in any letter case (`<THINK>`, `</Think>`): a policy must not hide a box from
+# the extractor, or show one to it, by changing the case of a tag.
+_THINK_OPEN_RE = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
+_THINK_CLOSE_RE = re.compile(re.escape(THINK_CLOSE), re.IGNORECASE)
+
+
 def strip_think(text: str) -> str:
   """Removes the reasoning part of a response.
 
   Everything up to and including the last ``</think>`` is reasoning. A response that opens
   ``<think>`` and never closes it is all reasoning (it ran out of tokens while thinking), so
-  nothing of it is left.
+  nothing of it is left. Tags match in any letter case.
 
   Args:
     text: a model response.
@@ -30,12 +36,14 @@ def strip_think(text: str) -> str:
   Returns:
     The text after the reasoning block (the whole text when there is no ``<think>`` at all).
   """
-  close = text.rfind(THINK_CLOSE)
-  if close >= 0:
-    return text[close + len(THINK_CLOSE):]
-  open_ = text.find(THINK_OPEN)
-  if open_ >= 0:
-    return text[:open_]
+  close = None
+  for close in _THINK_CLOSE_RE.finditer(text):
+    pass
+  if close is not None:
+    return text[close.end():]
+  open_ = _THINK_OPEN_RE.search(text)
+  if open_ is not None:
+    return text[:open_.start()]
   return text
 
 

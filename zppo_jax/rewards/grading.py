@@ -12,6 +12,11 @@ Order of the checks, first success wins:
      (``%``, ``\\%``, ``percent``) marks stripped from both sides.
   5. When one side is an angle in degrees and the other an expression in pi, the degree side is
      also read in radians (``45°`` equals ``\\frac{\\pi}{4}``).
+An answer that starts with a relation (``\\neq 42``, ``< 42``, ``\\approx 42``), or that holds a
+"not equal" relation (``≈``, ``∼``, ``≡``, ``\\not``) the gold answer does not, never equals it by
+math-verify: math-verify drops such a relation and would compare the bare number
+(`zppo_jax.rewards.relations`). All math-verify calls of one item share a time budget
+(`GradeConfig.item_budget_s`), so the retries cannot stack up.
 Before parsing, a number in scientific notation (``1.0e3``, ``2.5\\times10^{-3}``) is written as
 its exact decimal (`normalize_scientific`). A free symbol ``i`` left after parsing is read as the
 imaginary unit on a second try (math-verify reads only ``I`` so): ``e^{i\\pi}`` equals ``-1``.
@@ -26,10 +31,13 @@ import dataclasses
 import decimal
 import logging
 import re
+import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from zppo_jax.rewards.extract import extract_answer
+from zppo_jax.rewards.relations import leading_relation, not_equal_relations
 
 _log = logging.getLogger(__name__)
 
@@ -48,11 +56,21 @@ class GradeConfig:
     float_rounding: decimal places math-verify rounds floats to before comparing.
     relation_as_set: compare an inequality with an interval as sets (``x > 2`` equals
       ``(2, \\infty)``; math-verify's ``allow_set_relation_comp``).
+    item_budget_s: wall-clock seconds all math-verify calls of one item may take together (the
+      retries stop when it is spent); None means twice ``soft_timeout_s`` (no budget when that
+      is None too).
   """
   soft_timeout_s: int | None = 5
   max_answer_chars: int = 1000
   float_rounding: int = 6
   relation_as_set: bool = True
+  item_budget_s: float | None = None
+
+  def budget_s(self) -> float | None:
+    """The total time of an item's math-verify calls."""
+    if self.item_budget_s is not None:
+      return self.item_budget_s
+    return None if self.soft_timeout_s is None else 2.0 * self.soft_timeout_s
 
 
 DEFAULT_CONFIG = GradeConfig()
@@ -236,8 +254,31 @@ def _imaginary(parsed: list) -> list | None:
   return out if changed else None
 
 
+def relation_mismatch(answer: str, gold: str) -> bool:
+  """Whether the answer makes a claim the gold answer does not: a leading relation the gold does
+  not start with (``\\neq 42`` against ``42``), or a "not equal" relation (``≈``, ``∼``, ``≡``,
+  ``\\not``) the gold does not hold (``x \\approx 42`` against ``42``)."""
+  lead = leading_relation(answer)
+  if lead is not None and lead != leading_relation(gold):
+    return True
+  return not not_equal_relations(answer) <= not_equal_relations(gold)
+
+
+def _timeout(config: GradeConfig, deadline: float | None) -> tuple[bool, int | None]:
+  """(whether time is left, the soft timeout of the next call) for an item's deadline."""
+  timeout = config.soft_timeout_s if _on_main_thread() else None
+  if deadline is None:
+    return True, timeout
+  remaining = deadline - time.monotonic()
+  if remaining <= 0:
+    return False, timeout
+  if timeout is not None:
+    timeout = max(1, min(timeout, math.ceil(remaining)))
+  return True, timeout
+
+
 def _math_equal(answer: str, gold: str, config: GradeConfig, *, answer_in_degrees: bool = False,
-                gold_in_degrees: bool = False) -> bool:
+                gold_in_degrees: bool = False, deadline: float | None = None) -> bool:
   """math-verify equivalence of two bare answers; any failure (error, timeout) is False.
 
   Args:
@@ -247,11 +288,17 @@ def _math_equal(answer: str, gold: str, config: GradeConfig, *, answer_in_degree
     answer_in_degrees: the answer is an angle in degrees (its marks stripped) to compare in
       radians, times pi/180.
     gold_in_degrees: the same for the gold answer.
+    deadline: `time.monotonic()` after which no further math-verify call starts (the item's
+      budget); each call's soft timeout is cut to the time left.
   """
   from math_verify import verify
   from math_verify.errors import TimeoutException  # A BaseException, raised by soft timeouts.
   from math_verify.utils import timeout as with_timeout
-  timeout = config.soft_timeout_s if _on_main_thread() else None
+  if relation_mismatch(answer, gold):
+    return False
+  left, timeout = _timeout(config, deadline)
+  if not left:
+    return False
   try:
     _warm_up()
     gold_parsed = _parse(normalize_scientific(gold), timeout)
@@ -277,6 +324,9 @@ def _math_equal(answer: str, gold: str, config: GradeConfig, *, answer_in_degree
         lambda: (_imaginary(gold_parsed), _imaginary(answer_parsed)))()
     if gold_complex is None and answer_complex is None:
       return False
+    left, timeout = _timeout(config, deadline)
+    if not left:
+      return False
     return equal(gold_complex or gold_parsed, answer_complex or answer_parsed)
   except Exception:  # noqa: BLE001 - sympy raises anything on odd input; a failure is a 0.
     return False
@@ -284,7 +334,7 @@ def _math_equal(answer: str, gold: str, config: GradeConfig, *, answer_in_degree
     return False
 
 
-def _radian_equal(answer: str, gold: str, config: GradeConfig) -> bool:
+def _radian_equal(answer: str, gold: str, config: GradeConfig, deadline: float | None) -> bool:
   """Whether an angle in degrees on one side equals an expression in pi on the other."""
   answer_degrees, gold_degrees = has_degree_mark(answer), has_degree_mark(gold)
   if answer_degrees == gold_degrees:
@@ -296,12 +346,12 @@ def _radian_equal(answer: str, gold: str, config: GradeConfig) -> bool:
   if not degree_side:
     return False
   if answer_degrees:
-    return _math_equal(degree_side, gold, config, answer_in_degrees=True)
-  return _math_equal(answer, degree_side, config, gold_in_degrees=True)
+    return _math_equal(degree_side, gold, config, answer_in_degrees=True, deadline=deadline)
+  return _math_equal(answer, degree_side, config, gold_in_degrees=True, deadline=deadline)
 
 
-def _multiple_choice(answer: str, gold: str, options: dict[str, str], config: GradeConfig
-                    ) -> bool | None:
+def _multiple_choice(answer: str, gold: str, options: dict[str, str], config: GradeConfig,
+                     deadline: float | None) -> bool | None:
   """Multiple-choice verdict, or None when the gold answer is not an option (letter or text)."""
   gold_letter = option_letter(gold, allow_text=False)
   if gold_letter is None and options:
@@ -325,7 +375,7 @@ def _multiple_choice(answer: str, gold: str, options: dict[str, str], config: Gr
   # a form of another option's text too.
   if is_free_form(gold_text) or len(answer) > config.max_answer_chars:
     return False
-  return _math_equal(answer, gold_text, config)
+  return _math_equal(answer, gold_text, config, deadline=deadline)
 
 
 def grade_answer(answer: str | None, gold: str, choices: Choices = None,
@@ -349,22 +399,25 @@ def grade_answer(answer: str | None, gold: str, choices: Choices = None,
     gold = gold.strip()
     if not answer or not gold:
       return 0.0
-    verdict = _multiple_choice(answer, gold, _choices_map(choices), config)
+    _warm_up()  # The first parse of a process takes seconds: not charged to this item's budget.
+    budget = config.budget_s()
+    deadline = None if budget is None else time.monotonic() + budget
+    verdict = _multiple_choice(answer, gold, _choices_map(choices), config, deadline)
     if verdict is not None:
       return float(verdict)
     if normalize_text(answer) == normalize_text(gold):
       return 1.0
     if is_free_form(gold) or len(answer) > config.max_answer_chars:
       return 0.0
-    if _math_equal(answer, gold, config):
+    if _math_equal(answer, gold, config, deadline=deadline):
       return 1.0
     answer_bare, gold_bare = strip_degree_percent(answer), strip_degree_percent(gold)
     if (answer_bare, gold_bare) != (answer, gold) and answer_bare and gold_bare:
       if normalize_text(answer_bare) == normalize_text(gold_bare):
         return 1.0
-      if _math_equal(answer_bare, gold_bare, config):
+      if _math_equal(answer_bare, gold_bare, config, deadline=deadline):
         return 1.0
-    return float(_radian_equal(answer, gold, config))
+    return float(_radian_equal(answer, gold, config, deadline))
   except Exception:  # noqa: BLE001 - grading never raises; a failure is a 0.
     _log.debug("grading failed for %r vs %r", answer, gold, exc_info=True)
     return 0.0

@@ -73,7 +73,7 @@ def parse_verdict(text: str | None) -> bool:
   """
   if not isinstance(text, str):
     return False
-  if THINK_CLOSE in text:
+  if THINK_CLOSE in text.lower():  # The tag in any case, as `strip_think` reads it.
     text = strip_think(text)
   try:
     obj = json.loads(text.strip())
@@ -167,7 +167,7 @@ class OpenAICompatibleJudge:
 
 def _says_wrong(text: str) -> bool:
   """Whether a judge output is a well-formed "wrong" verdict (for counting malformed ones)."""
-  if THINK_CLOSE in text:
+  if THINK_CLOSE in text.lower():  # The tag in any case, as `strip_think` reads it.
     text = strip_think(text)
   try:
     obj = json.loads(text.strip())

@@ -1,10 +1,14 @@
 """The prompt strings of ZPPO, exactly as shared/ZPPO_SPEC.md §4 gives them, and their helpers.
 
 ``{…}`` in a template is filled with `str.format`-free concatenation, so braces inside questions or
-candidates (LaTeX is full of them) are never interpreted.
+candidates (LaTeX is full of them) are never interpreted. Model text put into a template (a
+candidate, a response to compress or to hint from, a hint) has its tags neutralised: the
+template's own tags, and ``<think>``/``</think>``; the tokenizer's special tokens are neutralised in
+every prompt when it is encoded (`zppo_jax.data.markup`).
 """
 import re
 
+from zppo_jax.data.markup import THINK_TAGS, neutralize
 from zppo_jax.rewards.extract import strip_think
 
 RL_CLOSER = (
@@ -55,14 +59,58 @@ FORMAT_INSTRUCTION_PATTERNS = (
     r"answer the question using a single (?:word|number) or phrase\.?",
 )
 _FORMAT_RES = tuple(re.compile(p, re.IGNORECASE) for p in FORMAT_INSTRUCTION_PATTERNS)
+_STEP_BY_STEP_RE, _BOX_REQUEST_RE, *_LITERAL_RES = _FORMAT_RES
+_STEP_RE = re.compile(r"step[\s-]by[\s-]step", re.IGNORECASE)
+# Pieces of text that end at a full stop or a newline (the mark kept), and at any sentence mark;
+# the patterns above are run piece by piece, which keeps the whole scan linear. (A request that
+# continues on the next line, "solve\nstep by step", is left alone.)
+_CLAUSE_RE = re.compile(r"[^.\n]*[.\n]?")
+_TAIL_RE = re.compile(r"[^.!\n]*[.!]?")
+_SENTENCE_RE = re.compile(r"[^.!?\n]*[.!?\n]?")
 _CANDIDATE_TAG_RE = re.compile(r"<\s*(/?)\s*candidate\s*>", re.IGNORECASE)
 _RESPONSE_TAG_RE = re.compile(r"<\s*(/?)\s*response\s*>", re.IGNORECASE)
+_HINT_TAG_RE = re.compile(r"<\s*(/?)\s*hint\s*>", re.IGNORECASE)
 _SUMMARY_RE = re.compile(r"<summary>(.*?)</summary>", re.DOTALL | re.IGNORECASE)
 _SUMMARY_OPEN_RE = re.compile(r"<summary>", re.IGNORECASE)
 
 
+def _strip_step_by_step(text: str) -> str:
+  """The first pattern, applied clause by clause and only up to a clause's last "step by step"
+  (no match can start after it), so a long clause full of "solve" costs linear time."""
+  out = []
+  for clause in _CLAUSE_RE.findall(text):
+    last = None
+    for last in _STEP_RE.finditer(clause):
+      pass
+    if last is None:
+      out.append(clause)
+      continue
+    head, kept, end = clause[:last.end()], [], 0
+    for match in _STEP_BY_STEP_RE.finditer(head):
+      kept.append(head[end:match.start()])
+      end = match.end()
+    kept.append(head[end:])
+    tail = clause[last.end():]
+    if end == len(head) and end > 0:  # The last match runs on to the end of its sentence.
+      tail = tail[_TAIL_RE.match(tail).end():]
+    out.append("".join(kept) + tail)
+  return "".join(out)
+
+
+def _strip_box_requests(text: str) -> str:
+  """The second pattern, sentence by sentence: a sentence holding ``\\boxed{}`` goes, with its
+  final ``.``/``!`` (a ``?`` or newline stays, as the pattern leaves them)."""
+  return "".join(
+      (sentence[-1] if sentence[-1:] in ("?", "\n") else "")
+      if "\\boxed{}" in sentence.lower() else sentence
+      for sentence in _SENTENCE_RE.findall(text))
+
+
 def strip_format_instructions(question: str) -> str:
   """Removes upstream format instructions ("think step by step", "put the answer in \\boxed{}").
+
+  Every step is linear in the length of the question (a long question without sentence marks
+  must not stall the data loader).
 
   Args:
     question: a dataset prompt.
@@ -70,9 +118,10 @@ def strip_format_instructions(question: str) -> str:
   Returns:
     The prompt without those sentences, with the blank space they leave trimmed.
   """
-  for pattern in _FORMAT_RES:
+  question = _strip_box_requests(_strip_step_by_step(question))
+  for pattern in _LITERAL_RES:
     question = pattern.sub("", question)
-  question = re.sub(r"[ \t]+\n", "\n", question)
+  question = "\n".join(line.rstrip(" \t") for line in question.split("\n"))
   question = re.sub(r"\n{3,}", "\n\n", question)
   return question.strip()
 
@@ -89,12 +138,13 @@ def rl_prompt(prompt: str, separator: str = CLOSER_SEPARATOR) -> str:
 
 def neutralize_candidate(text: str) -> str:
   """Rewrites ``<candidate>``/``</candidate>`` inside a candidate as ``[candidate]``/``[/candidate]``
-  so a candidate can never close its block early or open a new one."""
-  return _CANDIDATE_TAG_RE.sub(lambda m: f"[{m.group(1)}candidate]", text)
+  so a candidate can never close its block early or open a new one (and the think tags as
+  ``[think]``/``[/think]``)."""
+  return neutralize(_CANDIDATE_TAG_RE.sub(lambda m: f"[{m.group(1)}candidate]", text), THINK_TAGS)
 
 
 def _neutralize_response(text: str) -> str:
-  return _RESPONSE_TAG_RE.sub(lambda m: f"[{m.group(1)}response]", text)
+  return neutralize(_RESPONSE_TAG_RE.sub(lambda m: f"[{m.group(1)}response]", text), THINK_TAGS)
 
 
 def candidate_block(candidate: str) -> str:
@@ -175,4 +225,5 @@ def hint_prompt(response: str) -> str:
 
 def hinted_question(question: str, hint: str) -> str:
   """The Hint baseline's question: ``question + "\\n<hint> {hint} </hint>"``."""
-  return question + "\n<hint> " + hint + " </hint>"
+  return question + "\n<hint> " + _HINT_TAG_RE.sub(lambda m: f"[{m.group(1)}hint]",
+                                                    neutralize(hint, THINK_TAGS)) + " </hint>"
