@@ -1,12 +1,15 @@
 """Run checkpoints: round trip, keep-N, fallback past a damaged checkpoint, SIGTERM flag."""
+import json
 import os
 import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer
+from zppo_jax.train.checkpointing import (CheckpointMismatch, PreemptionFlag, RunCheckpointer,
+                                          host_fields)
 
 
 def state(scale):
@@ -50,3 +53,81 @@ def test_sigterm_sets_the_flag_and_handler_is_restored():
     os.kill(os.getpid(), signal.SIGTERM)
     assert flag.requested
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _params_and_opt(weight_decay):
+  from zppo_jax.train.optim import make_optimizer
+  params = {"w": jnp.ones((2, 3))}
+  return {"params": params, "opt": make_optimizer(weight_decay=weight_decay).init(params)}
+
+
+def _tree_files(root):
+  return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+def test_config_change_stops_naming_keys_and_touches_nothing(tmp_path):
+  # Weight decay 0.0 drops `add_decayed_weights` from the optimizer chain: a different structure.
+  ckpt = RunCheckpointer(tmp_path, keep=3, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, _params_and_opt(0.1), {"step": step})
+  ckpt.close()
+  (tmp_path / "config.json").write_text(json.dumps({"optim": {"weight_decay": 0.1}, "seed": 0}))
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+  before = _tree_files(tmp_path)
+  again = RunCheckpointer(tmp_path, keep=3)
+  with pytest.raises(CheckpointMismatch) as err:
+    again.restore(_params_and_opt(0.0), run_config={"optim": {"weight_decay": 0.0}, "seed": 0})
+  message = str(err.value)
+  assert "step 2" in message and "keys only in the checkpoint" in message
+  assert "optim.weight_decay: 0.1 -> 0.0" in message and "seed" not in message.split("since")[1]
+  assert "--workdir" in message and "config.json" in message
+  again.close()
+  assert _tree_files(tmp_path) == before  # Nothing moved, nothing rewritten.
+  got = RunCheckpointer(tmp_path).restore(_params_and_opt(0.1))  # The old config resumes.
+  assert got.step == 2
+
+
+def test_shape_change_is_a_mismatch(tmp_path):
+  ckpt = RunCheckpointer(tmp_path, async_save=False)
+  ckpt.save(1, state(1), {"step": 1})
+  ckpt.close()
+  bigger = {"params": {"w": jnp.zeros((4, 3))}, "opt": state(1)["opt"]}
+  with pytest.raises(CheckpointMismatch, match=r"params/w has shape \(2, 3\)"):
+    RunCheckpointer(tmp_path).restore(bigger)
+  assert RunCheckpointer(tmp_path).steps() == [1]
+
+
+@pytest.mark.parametrize("damage", ["empty_host", "host_not_dict", "host_wrong_step",
+                                    "host_missing_field", "host_not_json", "metadata_garbage",
+                                    "state_metadata_garbage", "state_files_missing"])
+def test_damaged_checkpoint_is_set_aside_and_the_previous_one_restores(tmp_path, damage, capfd):
+  ckpt = RunCheckpointer(tmp_path, keep=3, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, state(step), {"step": step, "data": {}})
+  ckpt.close()
+  newest = tmp_path / "checkpoints" / "2"
+  if damage == "empty_host":
+    (newest / "host" / "metadata").write_text("{}")
+  elif damage == "host_not_dict":
+    (newest / "host" / "metadata").write_text("[2]")
+  elif damage == "host_wrong_step":
+    (newest / "host" / "metadata").write_text('{"step": 7, "data": {}}')
+  elif damage == "host_missing_field":
+    (newest / "host" / "metadata").write_text('{"step": 2}')
+  elif damage == "host_not_json":
+    (newest / "host" / "metadata").write_bytes(b"\xff{not json")
+  elif damage == "metadata_garbage":
+    (newest / "state" / "_METADATA").write_text("{}")
+  elif damage == "state_metadata_garbage":
+    (newest / "state" / "_METADATA").write_bytes(b"\x00garbage")
+  else:
+    for f in (newest / "state").rglob("*"):
+      if f.is_file() and "ocdbt" in str(f):
+        f.unlink()
+  again = RunCheckpointer(tmp_path, keep=3)
+  got = again.restore(state(0), check_host=host_fields(step=int, data=dict))
+  assert got.step == 1 and got.host == {"step": 1, "data": {}}
+  jax.tree.map(np.testing.assert_array_equal, got.state, state(1))
+  assert "step 2" in capfd.readouterr().err
+  assert (tmp_path / "checkpoints_corrupt" / "2").exists() and again.steps() == [1]
+  again.close()

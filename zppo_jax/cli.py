@@ -1,10 +1,15 @@
 """The `zppo` command: parses the sub-command and hands the rest of argv to the library.
 
 Each sub-command lives in the module that owns its work; this file only dispatches, so importing
-it is cheap and `zppo --help` does not import JAX.
+it is cheap and `zppo --help` does not import JAX. `zppo COMMAND --help` works for every command,
+and a `zppo_jax.errors.UserError` (a bad flag, an unknown method, a checkpoint that does not match
+the config) is printed as one line, without a traceback.
 """
 import importlib
+import importlib.util
 import sys
+
+from zppo_jax.errors import UserError
 
 # name -> ("module", "function", "one-line help"). Each function takes argv (list[str]) and
 # returns an exit code.
@@ -18,6 +23,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("zppo_jax.plan", "main", "AOT-compile a run's step for a TPU topology: fits? speed?"),
     "sweep": ("zppo_jax.sweep.main", "main", "run a config's sweep; sweep status|report"),
 }
+
+
+# Commands without an argument parser of their own: `--help` prints their module's docstring.
+DOC_HELP = {"train": "zppo_jax.train.run", "export": "zppo_jax.train.export",
+            "plot": "zppo_jax.train.plots"}
+TRAIN_HELP_TAIL = """
+Every field of the run config can be set with --config.KEY=VALUE (e.g. --config.rl.group_size=8,
+--config.method=grpo_replay); the fields, with the paper's defaults, are declared in
+zppo_jax/train/config.py (base_config) and the methods in its METHODS table."""
+
+
+def _help(name: str) -> str:
+  """The docstring of a command's module, as its `--help`, without importing JAX."""
+  import ast  # The module is read, not imported: its imports may be heavy.
+  spec = importlib.util.find_spec(DOC_HELP[name])
+  with open(spec.origin, encoding="utf-8") as f:
+    doc = ast.get_docstring(ast.parse(f.read())) or f"zppo {name}"
+  return doc + (TRAIN_HELP_TAIL if name == "train" else "")
 
 
 def _usage() -> str:
@@ -35,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
   if name not in COMMANDS:
     print(f"zppo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+  if name in DOC_HELP and any(a in ("-h", "--help", "-help", "help") for a in rest):
+    print(_help(name))
+    return 0
   module, function, _ = COMMANDS[name]
-  return int(getattr(importlib.import_module(module), function)(rest) or 0)
+  try:
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+  except UserError as err:
+    print(f"zppo {name}: error: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pathlib
 import sys
 
 from zppo_jax import distributed
-from zppo_jax.train.config import parse_args
+from zppo_jax.train.config_check import parse_checked
 
 DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
@@ -177,7 +177,7 @@ def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
 
 def main(argv: list[str]) -> int:
   """`zppo train`."""
-  config, flags = parse_args(argv, DISTRIBUTED_FLAGS)
+  config, flags = parse_checked(argv, DISTRIBUTED_FLAGS)  # Before any work: one-line errors.
   distributed.initialize(flags.coordinator or None,
                          int(flags.num_processes) if flags.num_processes else None,
                          int(flags.process_id) if flags.process_id else None)
@@ -192,8 +192,6 @@ def main(argv: list[str]) -> int:
     distributed.barrier("demo")
     if not distributed.is_main():
       demo.prepare(config, stream=stream)
-  if distributed.is_main():
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   trainer, close = build_trainer(config, workdir, stream)
   try:
     summary = trainer.train()

@@ -24,7 +24,7 @@ import numpy as np
 from zppo_jax import distributed
 from zppo_jax.data.prompts import encode_prompt, join_prompt
 from zppo_jax.train import augment
-from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer
+from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer, host_fields
 from zppo_jax.train.config import method_flags
 from zppo_jax.train.groups import Completion, Group, TextPolicy, flatten, kind_metrics
 from zppo_jax.train.metrics import MetricsWriter
@@ -62,6 +62,11 @@ class Learner(TextPolicy, Protocol):
 
   def load_state(self, state) -> None:
     """Continues from a restored `state()`."""
+
+
+# What `host_state` writes; a checkpoint whose host metadata lacks one is damaged.
+HOST_FIELDS = host_fields(step=int, buffer=(dict, list), data=dict, totals=dict,
+                          teacher_cache=dict)
 
 
 class Trainer:
@@ -310,7 +315,10 @@ class Trainer:
     cfg = self.config
     ckpt = RunCheckpointer(self.workdir, keep=cfg.keep_checkpoints,
                            async_save=cfg.async_checkpointing)
-    restored = ckpt.restore(self.student.state())
+    restored = ckpt.restore(self.student.state(), check_host=HOST_FIELDS,
+                            run_config=json.loads(cfg.to_json_best_effort()))
+    if distributed.is_main():  # After the restore: a mismatching run keeps its config.json.
+      (self.workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True))
     summary_path = self.workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if restored is not None:
