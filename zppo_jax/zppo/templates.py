@@ -133,7 +133,8 @@ def rl_prompt(prompt: str, separator: str = CLOSER_SEPARATOR) -> str:
     prompt: the question, possibly followed by candidates or a hint.
     separator: between the prompt and the closer (see `CLOSER_SEPARATOR`).
   """
-  return prompt.strip() + separator + RL_CLOSER
+  # The closer's think tags are the only ones: tags in the question or candidates become text.
+  return neutralize(prompt.strip(), THINK_TAGS) + separator + RL_CLOSER
 
 
 def neutralize_candidate(text: str) -> str:
