@@ -20,6 +20,7 @@ from zppo_jax.train import augment
 from zppo_jax.train.config import METHODS, load_config
 from zppo_jax.train.groups import Completion
 from zppo_jax.train.metrics import read_metrics
+from zppo_jax.train.checkpointing import CheckpointMismatch, RunCheckpointer
 from zppo_jax.train.trainer import Trainer
 
 
@@ -195,6 +196,53 @@ def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, capfd):
   err = capfd.readouterr().err
   assert "step 2" in err and "cannot be restored" in err
   assert again.step == 2  # Resumed at 1, re-ran step 2.
+
+
+def _files(root):
+  return sorted((str(p.relative_to(root)), p.read_bytes()) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_config_change_stops_and_loses_nothing(assets, tmp_path):
+  trainer = make_trainer(assets, tmp_path, "grpo_replay", steps=2,
+                         overrides=["--config.checkpoint_every=1"])
+  trainer.train()
+  before = _files(tmp_path)
+  assert len(read_metrics(tmp_path)) == 2
+  # A config change that changes the state's structure (as weight decay 0 drops an optimizer
+  # link; tests/test_checkpointing.py does it with the real optimizer).
+  again = make_trainer(assets, tmp_path, "grpo_replay", steps=4,
+                       overrides=["--config.checkpoint_every=1", "--config.optim.weight_decay=0.0"])
+  again.student.params = {**again.student.params, "decay": jnp.zeros(3)}
+  with pytest.raises(CheckpointMismatch, match=r"keys only in this run: decay.*"
+                     r"optim.weight_decay: 0.1 -> 0.0"):
+    again.train()
+  assert _files(tmp_path) == before  # Checkpoints, metrics.jsonl and config.json untouched.
+
+
+@pytest.mark.parametrize("metadata", ["{}", '{"step": 2}', '{"step": 2, "buffer": 3, "data": {}, '
+                                      '"totals": {}, "teacher_cache": {}}'])
+def test_bad_host_metadata_falls_back_and_cuts_metrics_to_the_restored_step(
+    assets, tmp_path, capfd, metadata):
+  trainer = make_trainer(assets, tmp_path, "grpo_replay", steps=2,
+                         overrides=["--config.checkpoint_every=1"])
+  trainer.train()
+  (tmp_path / "checkpoints" / "2" / "host" / "metadata").write_text(metadata)
+  again = make_trainer(assets, tmp_path, "grpo_replay", steps=3,
+                       overrides=["--config.checkpoint_every=100"])
+  again.stream = None
+  rows = []
+
+  def stop_after_restore(step):  # Look at metrics.jsonl as the resumed run starts.
+    rows.extend(read_metrics(tmp_path))
+    raise KeyboardInterrupt
+
+  again.run_step = stop_after_restore
+  with pytest.raises(KeyboardInterrupt):
+    again.train()
+  assert "step 2" in capfd.readouterr().err and again.step == 1
+  assert [r["step"] for r in rows] == [1]  # Cut back to the restored step, not emptied.
+  assert (tmp_path / "checkpoints_corrupt" / "2").exists()
+  assert RunCheckpointer(tmp_path).steps() == [1]
 
 
 def test_plots_and_tensorboard(assets, tmp_path):
