@@ -18,6 +18,8 @@ from zppo_jax.data.vision import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 
 # Always rewritten, whatever the tokenizer: `expand_vision_placeholders` counts them in the text.
 VISION_MARKERS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+# The Qwen chat turns, whether or not a tokenizer declares them.
+CHAT_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 THINK_TAGS = ("<think>", "</think>")
 
 
@@ -48,9 +50,10 @@ def special_token_strings(tokenizer) -> tuple[str, ...]:
   """Every string the tokenizer encodes as one added/special token, and the vision markers,
   except the think tags (the RL closer names them; `zppo.templates` rewrites them in candidates).
   """
-  strings = set(VISION_MARKERS)
-  strings.update(str(t) for t in tokenizer.all_special_tokens)
-  strings.update(t.content for t in tokenizer.added_tokens_decoder.values())
+  strings = set(VISION_MARKERS + CHAT_MARKERS)
+  # A tokenizer that is not an HF one (a test double) may declare neither list.
+  strings.update(str(t) for t in getattr(tokenizer, "all_special_tokens", ()))
+  strings.update(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
   return tuple(sorted(s for s in strings if s and s not in THINK_TAGS))
 
 
