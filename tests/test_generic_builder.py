@@ -87,3 +87,19 @@ def test_field_map_errors_and_cli(tmp_path):
                  str(tmp_path / "o"), "--name", "c", "--field-map", "id=k", "--num-shards", "1"])
   assert rc == 0 and [r["id"] for r in read_out(tmp_path / "o", "c")] == ["a"]
   assert cli.main(["data"]) == 2
+
+
+def test_image_sources_and_strict_answers(tmp_path):
+  import base64
+  data = b"\x89PNG not decoded here"
+  (tmp_path / "a.png").write_bytes(data)
+  b64 = base64.b64encode(data).decode()
+  assert gb.image_bytes([{"bytes": b64}, "data:image/png;base64," + b64, "a.png",
+                         {"bytes": data, "path": None}, {"path": "a.png"}], tmp_path) == [data] * 5
+  for bad in (5, True, [None], [{"bytes": "not base64!"}]):
+    with pytest.raises(gb.RowError, match="broken_image"):
+      gb.image_bytes(bad, tmp_path)
+  assert gb.text_field(0.5, "answer", missing="no_answer") == "0.5"
+  for bad in (float("nan"), float("inf"), {"x": 1}, [], False):
+    with pytest.raises(gb.RowError, match="bad_field"):
+      gb.text_field(bad, "answer", missing="no_answer")

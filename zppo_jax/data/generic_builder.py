@@ -17,6 +17,7 @@ import binascii
 import collections
 import dataclasses
 import json
+import math
 import pathlib
 import re
 from typing import Any, Callable, Iterator
@@ -132,6 +133,8 @@ def text_field(value: Any, field: str, *, missing: str) -> str:
   if value is None:
     raise RowError(missing, f"{field} is missing")
   if field in ("answer", "id") and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if not math.isfinite(value):
+      raise RowError("bad_field", f"{field} is {value}, not a finite number")
     value = str(value)
   if not isinstance(value, str):
     raise RowError("bad_field", f"{field} is {type(value).__name__}, not a string")

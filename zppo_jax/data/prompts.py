@@ -48,8 +48,12 @@ class PromptSet:
 def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, object]]:
   """(line or row number, row) of a JSONL, Parquet or Arrow file; a line that is not UTF-8 or not
   a JSON object yields a `generic_builder.RowError` naming the reason instead of a row."""
-  from zppo_jax.data.generic_builder import iter_file_rows  # It imports this module.
-  yield from iter_file_rows(pathlib.Path(path))
+  from zppo_jax.data import generic_builder  # It imports this module.
+  path = pathlib.Path(path)
+  if path.suffix in (".parquet", ".arrow"):
+    yield from generic_builder.iter_file_rows(path)
+  else:
+    yield from generic_builder.iter_jsonl_rows(path)
 
 
 class ImagePrompt(list):
