@@ -241,6 +241,8 @@ def test_bad_host_metadata_falls_back_and_cuts_metrics_to_the_restored_step(
     again.train()
   assert "step 2" in capfd.readouterr().err and again.step == 1
   assert [r["step"] for r in rows] == [1]  # Cut back to the restored step, not emptied.
+  dropped = (tmp_path / "metrics.dropped.jsonl").read_text().splitlines()
+  assert [json.loads(r)["step"] for r in dropped] == [2]  # The cut rows are kept.
   assert (tmp_path / "checkpoints_corrupt" / "2").exists()
   assert RunCheckpointer(tmp_path).steps() == [1]
 

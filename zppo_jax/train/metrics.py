@@ -2,7 +2,8 @@
 
 `metrics.jsonl` holds one JSON object per step with `step`; wall-clock fields are named `time_*`
 and everything else is deterministic for a fixed seed. On resume the file is cut back to the
-restored step, so a resumed run's file reads like an uninterrupted one.
+restored step, so a resumed run's file reads like an uninterrupted one; the rows cut are kept in
+`metrics.dropped.jsonl`.
 """
 from __future__ import annotations
 
@@ -63,9 +64,15 @@ class MetricsWriter:
               file=self._stream)
 
   def _truncate(self, start_step: int) -> None:
-    rows = [r for r in read_metrics(self.workdir) if r["step"] <= start_step]
+    """Keeps the rows up to `start_step`; the later ones (steps that will run again, or a whole
+    history when no checkpoint could be restored) are appended to `metrics.dropped.jsonl`."""
+    rows = read_metrics(self.workdir)
+    dropped = [r for r in rows if r["step"] > start_step]
+    if dropped:
+      with (self.workdir / "metrics.dropped.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in dropped))
     if self.path.exists():
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start_step))
 
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
     """Records one step (1-based) and updates the progress display."""
