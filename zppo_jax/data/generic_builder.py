@@ -31,12 +31,7 @@ DEFAULT_FIELDS = {"id": "id", "question": "question", "answer": "answer", "image
 _INPUT_SUFFIXES = (".jsonl", ".parquet", ".arrow")
 
 
-class RowError(Exception):
-  """A row that cannot be used; `reason` is one of `REJECT_REASONS`."""
-
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
+RowError = prompts.RowError  # A row that cannot be used; `reason` is one of `REJECT_REASONS`.
 
 
 @dataclasses.dataclass(frozen=True)

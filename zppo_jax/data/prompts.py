@@ -33,6 +33,14 @@ REJECT_REASONS = ("bad_record", "no_id", "duplicate_id", "empty_question", "no_a
                   "needs_vision")
 
 
+class RowError(Exception):
+  """A row that cannot be used; `reason` is one of `REJECT_REASONS` (or a builder's)."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+
+
 @dataclasses.dataclass
 class PromptSet:
   """The usable records of one file and what was rejected.
@@ -47,7 +55,7 @@ class PromptSet:
 
 def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, object]]:
   """(line or row number, row) of a JSONL, Parquet or Arrow file; a line that is not UTF-8 or not
-  a JSON object yields a `generic_builder.RowError` naming the reason instead of a row."""
+  a JSON object yields a `RowError` naming the reason instead of a row."""
   from zppo_jax.data import generic_builder  # It imports this module.
   path = pathlib.Path(path)
   if path.suffix in (".parquet", ".arrow"):
@@ -176,7 +184,6 @@ def load_prompts(path: str | pathlib.Path, tokenizer, build_user_text: Callable[
   Returns:
     The usable records and the reject counts.
   """
-  from zppo_jax.data.generic_builder import RowError
   path = pathlib.Path(path)
   token_chars = _max_token_chars(tokenizer)
   max_chars = None if token_chars is None else max_prompt_tokens * token_chars
@@ -218,13 +225,14 @@ def _max_token_chars(tokenizer) -> int | None:
   than `n` tokens (a byte-level token covers at most as many characters as its entry has).
   None for a tokenizer without a vocabulary to read (a test double): no early check."""
   get_vocab = getattr(tokenizer, "get_vocab", None)
-  return max(map(len, get_vocab()), default=1) or 1 if get_vocab is not None else None
+  if get_vocab is None:
+    return None
+  return max(max(map(len, get_vocab()), default=1), 1)
 
 
 def _encode_record(tokenizer, build_user_text, record: dict, vision) -> list[int]:
   """The prompt ids of a valid record; image errors become `small_image`/`broken_image`."""
   from zppo_jax.data import vision as vision_lib
-  from zppo_jax.data.generic_builder import RowError
   try:
     return encode_prompt(tokenizer, build_user_text(record["question"]), record["images"],
                          vision, sample=record["id"])
@@ -242,7 +250,7 @@ def _valid_record(row: dict, seen: set[str], base: pathlib.Path, vision) -> dict
     RowError: naming the reason (`no_id`, `bad_field`, `duplicate_id`, `empty_question`,
       `no_answer`, `broken_image`, `needs_vision`) and the field.
   """
-  from zppo_jax.data.generic_builder import RowError, image_sources
+  from zppo_jax.data.generic_builder import image_sources  # It imports this module.
   row_id = row.get("id")
   if row_id is None or row_id == "":
     raise RowError("no_id", "id is missing")
@@ -274,7 +282,6 @@ def _valid_record(row: dict, seen: set[str], base: pathlib.Path, vision) -> dict
 
 def _answer_text(answer: object) -> str:
   """A gold answer as text: strings as they are, integers and finite numbers written out."""
-  from zppo_jax.data.generic_builder import RowError
   if answer is None or (isinstance(answer, str) and not answer.strip()):
     raise RowError("no_answer", "answer is missing or blank")
   if isinstance(answer, str):
@@ -288,7 +295,6 @@ def _answer_text(answer: object) -> str:
 
 def _choices(choices: object) -> list[str] | dict[str, str] | None:
   """Multiple-choice options: a list of strings, a letter -> string mapping, or None."""
-  from zppo_jax.data.generic_builder import RowError
   if choices is None:
     return None
   if isinstance(choices, (list, tuple)) and all(isinstance(c, str) for c in choices):
@@ -303,7 +309,6 @@ def _check_image(source: bytes | pathlib.Path, name: str) -> None:
   """Raises `broken_image` unless the image opens and its header verifies (a cheap check; the
   full decode happens when the prompt is encoded)."""
   from PIL import Image  # Only needed when records carry images.
-  from zppo_jax.data.generic_builder import RowError
   try:
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
       im.verify()
