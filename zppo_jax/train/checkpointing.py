@@ -103,7 +103,11 @@ class RunCheckpointer:
         if check_host is not None:
           check_host(host)
         return Restored(step, out["state"], dict(host))
+      except MemoryError:
+        raise  # Not the checkpoint's fault: keep it where it is.
       except Exception as err:  # noqa: BLE001 - the structure matched: the files are damaged.
+        if "RESOURCE_EXHAUSTED" in str(err):
+          raise
         self._damaged(step, err)
     return None
 
