@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import grain
 import numpy as np
 
+from zppo_jax import distributed
 from zppo_jax.data import prompts, records, tfds_source, vision
 from zppo_jax.data.generic_builder import default_user_text
 
@@ -50,6 +51,10 @@ class PipelineConfig:
     max_prompt_tokens: longer prompts are skipped (`too_long`).
     min_image_side: images with a smaller side are skipped (`small_image`).
     vision: the image preprocessing settings; None for a text-only model (images not decoded).
+    global_batch: when > 0, each process reads its contiguous block (`distributed.block`) of
+      every `global_batch` positions and batches are those blocks (`batch_size` is ignored): the
+      processes' batches concatenated in process order are a one-process run's batch (as long
+      as no record is skipped).
   """
   seed: int = 0
   shuffle: bool = True
@@ -62,6 +67,7 @@ class PipelineConfig:
   max_prompt_tokens: int = 4096
   min_image_side: int = 100
   vision: vision.VisionProcessorConfig | None = vision.VisionProcessorConfig()
+  global_batch: int = 0
 
 
 class Preprocessor:
@@ -126,17 +132,31 @@ class Preprocessor:
 
 
 class _EpochOrder:
-  """Random access to this process's record indices: local position -> stored record index."""
+  """Random access to this process's record indices: local position -> stored record index.
+
+  The epoch's positions are cut into groups of `group`; this process reads offsets
+  [start, stop) of every group (by default group = process count and one offset each: positions
+  g with g mod P = index).
+  """
 
   def __init__(self, valid: np.ndarray, seed: int, shuffle: bool, num_epochs: int,
-               shard: grain.sharding.ShardOptions):
+               shard: grain.sharding.ShardOptions, global_batch: int = 0):
     self.valid, self.seed, self.shuffle = valid, seed, shuffle
-    self.index, self.count = shard.shard_index, shard.shard_count
+    index, count = shard.shard_index, shard.shard_count
+    if global_batch:
+      if global_batch < count:
+        raise ValueError(f"a global batch of {global_batch} cannot be split over {count} "
+                         "processes")
+      block = distributed.block(global_batch, index, count)
+      self.group, self.start, self.size = global_batch, block.start, block.stop - block.start
+    else:
+      self.group, self.start, self.size = count, index, 1
     n = len(valid)
-    self.per_epoch = (n // self.count if shard.drop_remainder
-                      else len(range(self.index, n, self.count)))
+    groups, rest = divmod(n, self.group)
+    self.per_epoch = groups * self.size + (
+        0 if shard.drop_remainder else min(max(rest - self.start, 0), self.size))
     if self.per_epoch == 0:
-      raise ValueError(f"process {self.index} of {self.count} gets no records of {n}")
+      raise ValueError(f"process {index} of {count} gets no records of {n}")
     self.length = self.per_epoch * num_epochs if num_epochs else np.iinfo(np.int64).max
     self._perm: tuple[int, np.ndarray] | None = None
 
@@ -145,7 +165,7 @@ class _EpochOrder:
 
   def __getitem__(self, i: int) -> int:
     epoch, j = divmod(int(i), self.per_epoch)
-    position = self.index + j * self.count
+    position = (j // self.size) * self.group + self.start + j % self.size
     if not self.shuffle:
       return int(self.valid[position])
     if self._perm is None or self._perm[0] != epoch:
@@ -189,7 +209,10 @@ class Pipeline:
     self.valid, duplicates = _first_occurrences(ids, len(self.source))
     self.build_rejects = collections.Counter({"duplicate_id": duplicates} if duplicates else {})
     self.shard = shard if shard is not None else grain.sharding.ShardByJaxProcess()
-    self.order = _EpochOrder(self.valid, config.seed, config.shuffle, config.num_epochs, self.shard)
+    self.order = _EpochOrder(self.valid, config.seed, config.shuffle, config.num_epochs, self.shard,
+                             config.global_batch)
+    if config.global_batch:   # this process's batches are its blocks of the global batches
+      self.config = dataclasses.replace(config, batch_size=self.order.size)
     self.replay_rejects: collections.Counter = collections.Counter()
 
   def dataset(self) -> grain.IterDataset:

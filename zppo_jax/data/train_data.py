@@ -14,8 +14,9 @@ under `<workdir>/train_data/` (by process 0, once; reused while the file is unch
 - decoding, the size checks, resizing/patchifying images and tokenising happen per record in
   Grain's map (`config.data.num_workers` worker processes, or threads), only for the records a
   step takes; nothing is done for the whole corpus at start-up;
-- each process turns `batch_prompts / P` examples into prompt records; the records (without the
-  pixels) are gathered so every process holds the step's whole batch in the same order.
+- each process reads its contiguous block (`distributed.block`) of each step's `batch_prompts`
+  positions and turns it into prompt records; the records (without the pixels) are gathered in
+  process order, so every process holds the step's whole batch, the batch a one-process run takes.
 
 A record is `{id, source, subset, question, answer, images, index, prompt}`: `images` name the
 images inside the shards (`record_images.uri`, so the replay buffer checkpoints a few bytes per
@@ -94,7 +95,8 @@ class TrainData:
     tokenizer: the student's tokenizer.
     build_user_text: question -> the user turn (the trainer's template).
     vision: the student's `VisionProcessorConfig`; None for a text-only student.
-    batch_size: prompts per step over all processes (a multiple of the process count).
+    batch_size: prompts per step over all processes; each reads its contiguous block of every
+      step's positions, so P processes take a one-process run's batches (without skipped records).
     seed, shuffle, num_epochs: the order (`PipelineConfig`).
     max_prompt_tokens, min_image_side: records over the budget / with smaller images are skipped.
     num_workers: Grain worker processes (0: threads in this process).
@@ -103,12 +105,8 @@ class TrainData:
   def __init__(self, path: str | pathlib.Path, tokenizer, build_user_text, *, vision,
                batch_size: int, seed: int, shuffle: bool = True, num_epochs: int = 0,
                max_prompt_tokens: int = 4096, min_image_side: int = 100, num_workers: int = 0):
-    count = jax.process_count()
-    if batch_size % count:
-      raise ValueError(f"rl.batch_prompts={batch_size} is not a multiple of the {count} "
-                       "processes (each reads an equal share)")
     cfg = PipelineConfig(seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                         batch_size=batch_size // count, drop_last=True, num_workers=num_workers,
+                         global_batch=batch_size, drop_last=True, num_workers=num_workers,
                          max_prompt_tokens=max_prompt_tokens, min_image_side=min_image_side,
                          vision=vision)
     self.pipeline = Pipeline(path, tokenizer, cfg,
