@@ -149,6 +149,9 @@ class TrainData:
     return {"processes": distributed.allgather_objects(self._iterator.get_state())}
 
   def restore(self, state: dict) -> None:
+    if "processes" not in state:
+      raise ValueError("the checkpoint's data position was written by the earlier in-memory "
+                       "prompt reader; start a new workdir to train through the shards pipeline")
     states = state["processes"]
     if len(states) != jax.process_count():
       raise ValueError(f"the checkpoint's data position is for {len(states)} processes, this run "
