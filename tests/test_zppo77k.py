@@ -315,3 +315,16 @@ def test_cli_build_zppo77k(tmp_path, tok):
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   assert rc == 0 and report["kept"] == 3 and report["rules"]["max_prompt_tokens"] == 4096
   assert report["rules"]["tier_caps"] == {"1": 2800, "2": 1400}
+
+
+def test_question_from_the_prompt_in_both_published_forms(tmp_path):
+  """Without `extra_info.question`, the last user message of `prompt` is the question, whether
+  `prompt` is stored as a struct of lists or as a list of messages."""
+  struct = {"content": ["You are helpful.", "<image>\nHow many?"], "role": ["system", "user"]}
+  messages = [{"role": "system", "content": "You are helpful."},
+              {"role": "user", "content": "<image>\nHow many?"}]
+  for prompt in (struct, messages):
+    row = dict(vero_row("counting_grounding_search-tallyqa", 0), prompt=prompt)
+    row["extra_info"] = dict(row["extra_info"], question=None)
+    p = zppo77k._Parsed("vero", row, tmp_path / "counting_grounding_search-tallyqa" / "x", "x")
+    assert p.question == "How many?" and p.subset == "tallyqa" and p.tier == 2
