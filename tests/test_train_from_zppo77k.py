@@ -55,7 +55,8 @@ def write_sources(root):
            "image": {"bytes": png(10 + i), "path": None}, "source": "BMMR", "id": i,
            "pass_rate": 0.25, "original_answer": str(i + 3)} for i in range(3)]
   (root / "mmfr" / "data").mkdir(parents=True)
-  pq.write_table(pa.Table.from_pylist(mmfr), root / "mmfr" / "data" / "train-00000-of-00070.parquet")
+  pq.write_table(pa.Table.from_pylist(mmfr),
+                 root / "mmfr" / "data" / "train-00000-of-00070.parquet")
   return root / "vero", root / "mmfr"
 
 

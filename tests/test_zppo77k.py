@@ -40,7 +40,8 @@ def vero_row(config, index, *, question=None, answer="78.5", image="png", layout
   `reward_model {ground_truth, style}`, `extra_info {answer, question, index, reward_type, domain,
   tolerance}`."""
   family, dataset = config.split("-", 1)
-  question = f"<image>\nQuestion {dataset} {index}: what is the area?" if question is None else question
+  if question is None:
+    question = f"<image>\nQuestion {dataset} {index}: what is the area?"
   messages = [{"role": "system", "content": "You are a helpful assistant."},
               {"role": "user", "content": question}]
   prompt = ({"content": [m["content"] for m in messages], "role": [m["role"] for m in messages]}
@@ -191,7 +192,7 @@ def test_tier_caps_per_subset(built):
 
 def test_vero_priority_meets_across_spellings(built):
   subsets = built[0]["subsets"]
-  assert subsets["mmfinereason/ai2d"]["dropped"] == {"vero_priority": 1}     # FineVision-ai2d_merged
+  assert subsets["mmfinereason/ai2d"]["dropped"] == {"vero_priority": 1}  # FineVision-ai2d_merged
   assert subsets["mmfinereason/raven"]["dropped"] == {"vero_priority": 1}    # FineVision-raven
   assert subsets["mmfinereason/wemath"]["dropped"] == {"vero_priority": 1}   # vs wemath20_standard
   assert subsets["mmfinereason/mmk12"]["dropped"] == {"vero_priority": 2}
@@ -220,7 +221,8 @@ def test_records_content(built):
   assert r["answer"] == "12" and r["question"] == "Solve problem Euclid30K 0." and r["tier"] == 1
   assert r["images"] == [png()] and r["subset"] == "euclid" and r["meta"]["pass_rate"] == 0.2
   v = recs["vero/raven/0"]
-  assert v["source"] == "vero" and v["tier"] == 2 and v["question"] == "Question raven 0: what is the area?"
+  assert v["source"] == "vero" and v["tier"] == 2
+  assert v["question"] == "Question raven 0: what is the area?"
   assert v["meta"]["config"] == "stem-raven" and v["answer"] == "78.5"
   assert recs["vero/chartqa/3"]["images"] == [png(100, 300)]   # from a list-of-messages prompt
 
