@@ -1,24 +1,28 @@
-"""Data pipeline throughput: records/s per host, from ArrayRecord shards to model-ready examples.
+"""Data pipeline: time to first batch and records/s per host, at the paper's corpus scale.
 
-A synthetic ZPPO-77K-like dataset is written to a temp dir: `--records` records, each one JPEG of
-`--width` x `--height` (the typical chart/diagram size) and a question of ~60 words. Three figures:
+A synthetic ZPPO-77K-like dataset is written once per size into `--cache` (default
+`/tmp/zppo_bench_corpus/<n>`, reused by later runs): `n` records, each one JPEG of
+`--width` x `--height` (the typical chart/diagram size) and a question of ~60 words. The JPEGs are
+`--distinct` different images cycled over the records (encoding 77K JPEGs would cost minutes and
+the decode cost per record is the same). Figures, for each corpus size in `--sizes`:
 
-1. raw: random access + `records.deserialize`, one thread, shuffled order (I/O + parsing);
-2. full, in process: + image decode, resize to the paper's pixel budget ([256, 1280] x 32 x 32),
-   patchify, chat template, placeholder expansion and tokenisation (the demo tokenizer with the
-   Qwen vision tokens; a real Qwen3.5 tokenizer is similar per token);
-3. full with `--workers` Grain worker processes (what a TPU host runs).
+1. start-up: `Pipeline(...)` + `iterator()` + the first batch (what a run waits for before its
+   first step); it must not grow with the corpus (no whole-corpus pass per host);
+2. raw: random access + `records.deserialize`, one thread, shuffled order (I/O + parsing);
+3. full: + image decode, resize to the paper's pixel budget ([256, 1280] x 32 x 32), patchify,
+   chat template, placeholder expansion and tokenisation (the demo tokenizer with the Qwen vision
+   tokens), with `--workers` Grain worker processes (0: in process).
 
-Warm-up first (the first batch, which also starts the workers), then records/s over the rest.
-Run: python bench/data_pipeline.py [--records 384] [--workers 2]
-The last line is the headline: `data_pipeline: X records/s per host with W workers (...)`.
+Run: python bench/data_pipeline.py [--sizes 7700,77000] [--workers 2] [--batches 8]
+The last lines are the headline, one per size:
+`data_pipeline[N]: first batch after X s, Y records/s per host with W workers`.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import pathlib
-import tempfile
 import time
 
 import grain
@@ -28,90 +32,94 @@ import PIL.Image
 from zppo_jax.data import demo_tokenizer, records, tfds_source
 from zppo_jax.data.pipeline import Pipeline, PipelineConfig
 
+WORDS = "the area of triangle ABC is what value given chart bar shows percent".split()
 
-def make_dataset(root: pathlib.Path, n: int, width: int, height: int) -> None:
+
+def make_dataset(root: pathlib.Path, n: int, width: int, height: int, distinct: int) -> None:
+  """Writes `n` records to `root/bench/1.0.0` unless a complete copy is there already."""
+  directory = tfds_source.dataset_dir(root, "bench")
+  if (directory / "dataset_info.json").exists():
+    return
   rng = np.random.default_rng(0)
-  words = "the area of triangle ABC is what value given chart bar shows percent".split()
+  jpegs = []
+  for _ in range(min(distinct, n)):
+    pixels = rng.integers(0, 255, (height // 8, width // 8, 3), np.uint8)
+    image = PIL.Image.fromarray(pixels).resize((width, height), PIL.Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=85)
+    jpegs.append(buf.getvalue())
 
   def recs():
     for i in range(n):
-      pixels = rng.integers(0, 255, (height // 8, width // 8, 3), np.uint8)
-      image = PIL.Image.fromarray(pixels).resize((width, height), PIL.Image.Resampling.BILINEAR)
-      buf = io.BytesIO()
-      image.save(buf, "JPEG", quality=85)
-      question = " ".join(rng.choice(words, 60)) + "?"
+      question = " ".join(rng.choice(WORDS, 60)) + "?"
       yield records.make_record(id=f"r{i}", source="bench", subset="s", question=question,
-                                answer=str(i), images=[buf.getvalue()], tier=1)
+                                answer=str(i), images=[jpegs[i % len(jpegs)]], tier=1)
 
-  directory = tfds_source.dataset_dir(root, "bench")
-  lengths = records.write_shards(recs(), directory, "bench", num_shards=4)
+  lengths = records.write_shards(recs(), directory, "bench", num_shards=64)
   tfds_source.write_metadata(directory, "bench", {"train": lengths}, "bench")
 
 
-def rate(batches) -> float:
-  next(batches)                                   # warm-up (worker start, caches)
-  start, n = time.perf_counter(), 0
-  for batch in batches:
-    n += len(batch)
-  return n / (time.perf_counter() - start)
+def raw_rate(root: pathlib.Path, n: int = 2000) -> float:
+  source = tfds_source.grain_source(root)
+  order = np.random.default_rng(0).permutation(len(source))[:n]
+  start = time.perf_counter()
+  for i in order:
+    records.deserialize(source[int(i)])
+  return len(order) / (time.perf_counter() - start)
 
 
-def stage_ms(source, tok, n: int) -> dict:
-  """Median milliseconds per record of each preprocessing stage (where the time goes)."""
-  from zppo_jax.data import vision
-  from zppo_jax.data.pipeline import Preprocessor
-  pre, times = Preprocessor(tok), {"decode": [], "resize+patchify": [], "tokenise": []}
-  for i in range(n):
-    record = records.deserialize(source[i])
-    t0 = time.perf_counter()
-    image = vision.load_image(record["images"][0])
-    t1 = time.perf_counter()
-    pixels = vision.preprocess_images([image])
-    t2 = time.perf_counter()
-    pre.encode(record["question"], pixels["image_grid_thw"], 1, record["id"])
-    t3 = time.perf_counter()
-    for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
-      times[k].append(1e3 * dt)
-  return {k: float(np.median(v)) for k, v in times.items()}
+def measure(root: pathlib.Path, tok, workers: int, batch: int, batches: int
+            ) -> tuple[float, float, float]:
+  """(seconds to open the pipeline, seconds to the first batch from nothing, records/s over the
+  next `batches` batches)."""
+  cfg = PipelineConfig(seed=0, batch_size=batch, num_workers=workers, num_threads=2)
+  start = time.perf_counter()
+  pipe = Pipeline(root, tok, cfg, shard=grain.sharding.ShardOptions(0, 1))
+  opened = time.perf_counter() - start
+  it = pipe.iterator()
+  next(it)
+  first = time.perf_counter() - start
+  start, count = time.perf_counter(), 0
+  for _ in range(batches):
+    count += len(next(it))
+  return opened, first, count / (time.perf_counter() - start)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument("--records", type=int, default=384)
+  parser.add_argument("--sizes", default="7700,77000")
+  parser.add_argument("--cache", default="/tmp/zppo_bench_corpus")
+  parser.add_argument("--distinct", type=int, default=512)
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--width", type=int, default=800)
   parser.add_argument("--height", type=int, default=600)
   parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--batches", type=int, default=8)
+  parser.add_argument("--prepare-only", action="store_true", help="only write the corpora")
   args = parser.parse_args()
-  with tempfile.TemporaryDirectory() as tmp:
-    root = pathlib.Path(tmp)
-    make_dataset(root, args.records, args.width, args.height)
-    tok = demo_tokenizer.build_tokenizer(["the area of triangle ABC is what value"], root / "tok",
-                                         vocab_size=300)
-    tok.add_tokens(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"], special_tokens=True)
-
-    source = tfds_source.grain_source(root)
-    order = np.random.default_rng(0).permutation(len(source))
-    start = time.perf_counter()
-    for _ in range(3):
-      for i in order:
-        records.deserialize(source[int(i)])
-    raw = 3 * len(order) / (time.perf_counter() - start)
-    print(f"raw read + deserialize: {raw:.0f} records/s")
-
-    stages = stage_ms(source, tok, 16)
-    print("per record, in process: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items()))
-
-    one = grain.sharding.ShardOptions(0, 1)
-    results = {}
-    for workers in (0, args.workers):
-      cfg = PipelineConfig(seed=0, num_epochs=1, batch_size=args.batch, num_workers=workers,
-                           num_threads=2)
-      results[workers] = rate(Pipeline(root, tok, cfg, shard=one).iterator())
-      print(f"full preprocessing, {workers} worker processes: {results[workers]:.1f} records/s")
-  print(f"data_pipeline: {results[args.workers]:.1f} records/s per host with {args.workers} "
-        f"workers ({results[0]:.1f} in process, raw read {raw:.0f}); "
-        f"{args.width}x{args.height} JPEG, paper pixel budget")
+  sizes = [int(s) for s in args.sizes.split(",")]
+  cache = pathlib.Path(args.cache)
+  for n in sizes:
+    t = time.perf_counter()
+    make_dataset(cache / str(n), n, args.width, args.height, args.distinct)
+    print(f"corpus {n}: ready in {time.perf_counter() - t:.1f} s "
+          f"({sum(p.stat().st_size for p in (cache / str(n)).rglob('*')) / 2**30:.2f} GiB)")
+  if args.prepare_only:
+    return
+  tok = demo_tokenizer.build_tokenizer([" ".join(WORDS)], cache / "tok", vocab_size=300)
+  tok.add_tokens(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"], special_tokens=True)
+  lines = []
+  for n in sizes:
+    root = cache / str(n)
+    raw = raw_rate(root)
+    opened, first, rate = measure(root, tok, args.workers, args.batch, args.batches)
+    print(f"corpus {n}: raw read + deserialize {raw:.0f} records/s")
+    lines.append(f"data_pipeline[{n}]: pipeline opened in {opened:.3f} s, first batch after "
+                 f"{first:.2f} s, {rate:.1f} records/s per "
+                 f"host with {args.workers} workers (batch {args.batch}, {args.width}x"
+                 f"{args.height} JPEG, paper pixel budget); load average "
+                 f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+  print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   zppo train --config configs/qwen3_5_9b_zppo.py --workdir gs://BUCKET/runs/9b \
       --config.student.checkpoint=/ckpt/Qwen3.5-9B --config.teacher.checkpoint=/ckpt/Qwen3.5-27B \
-      --config.data.train_path=/data/zppo77k/train.parquet
+      --config.data.train_path=/data/zppo77k
 """
 import ml_collections
 

@@ -118,6 +118,20 @@ def test_two_processes_are_disjoint_and_complete(clean, tok):
   assert len(even[0]) == len(even[1]) == N // 2 and not set(even[0]) & set(even[1])
 
 
+@pytest.mark.parametrize("count", [2, 3])
+def test_global_batch_blocks_make_the_one_process_batches(clean, tok, count):
+  """With `global_batch`, the P processes' batches, concatenated in process order, are the
+  batches of one process (7 per step: blocks of 4+3 or 3+2+2)."""
+  def batches(k, p):
+    it = pipe(clean, tok, shard=(k, p), drop_remainder=True, seed=2, num_epochs=2,
+              global_batch=7, drop_last=True).iterator()
+    return [[e["id"] for e in b] for b in it]
+  one = batches(0, 1)
+  parts = [batches(k, count) for k in range(count)]
+  assert len(one) == 2 * (N // 7) and all(len(b) == 7 for b in one)
+  assert [sum(steps, []) for steps in zip(*parts)] == one
+
+
 def test_worker_processes_give_the_same_order(clean, tok):
   ref = pipe(clean, tok, seed=5, num_epochs=1)
   mp = pipe(clean, tok, seed=5, num_epochs=1, num_workers=1)

@@ -425,3 +425,76 @@ def test_ambiguous_or_missing_videos_are_row_errors(tmp_path):
   with pytest.raises(benchmarks.RowError, match="0 matching files"):
     benchmarks.mmvu(dict(row, video="zzz.mp4"), tmp_path)
   assert benchmarks.mmvu(dict(row, video="b/0.mp4"), tmp_path).video.path.endswith("b/0.mp4")
+
+
+def _mmmu_pro(root, settings=("standard (10 options)", "vision")):
+  """MMMU/MMMU_Pro as published: one folder per config, `test-*.parquet`; the vision setting has
+  no question column (the question is inside the screenshot)."""
+  options = str(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
+  if "standard (10 options)" in settings:
+    _parquet(root / "mmmu_pro/standard (10 options)/test-00000-of-00001.parquet", [
+        {"id": f"test_Art_{i}", "question": "<image 1> Which?", "options": options,
+         "answer": "B", "image_1": _image(), "subject": "Art"} for i in range(3)])
+  if "vision" in settings:
+    _parquet(root / "mmmu_pro/vision/test-00000-of-00001.parquet", [
+        {"id": "test_Art_0", "image": _image(), "options": options, "answer": "C",
+         "subject": "Art"}])
+
+
+def test_mmmu_pro_reads_both_settings(tmp_path):
+  _mmmu_pro(tmp_path)
+  items = runner.load_items(benchmarks.BENCHMARKS["mmmu_pro"], tmp_path).items
+  assert sorted(i.uid for i in items) == ["standard (10 options)/test_Art_0",
+                                          "standard (10 options)/test_Art_1",
+                                          "standard (10 options)/test_Art_2", "vision/test_Art_0"]
+  vision = next(i for i in items if i.meta["setting"] == "vision")
+  assert vision.gold == "C" and len(vision.images) == 1 and len(vision.choices) == 10
+  empty = tmp_path / "only_standard"
+  _mmmu_pro(empty, settings=("standard (10 options)",))
+  with pytest.raises(loaders.DataError, match="setting 'vision' not found"):
+    runner.load_items(benchmarks.BENCHMARKS["mmmu_pro"], empty)
+
+
+def test_mmmu_pro_score_is_the_mean_of_its_settings(tmp_path):
+  from zppo_jax.eval import report
+  from zppo_jax.eval.items import Verdict
+  (tmp_path / "samples").mkdir()
+  verdicts = [Verdict(f"standard (10 options)/test_Art_{i}", 1.0, "parser:choice", "B", "B", "B")
+              for i in range(3)] + [Verdict("vision/test_Art_0", 0.0, "parser:choice", "A", "C",
+                                            "A")]
+  (tmp_path / "samples/mmmu_pro.jsonl").write_text(
+      "".join(json.dumps(v.to_json()) + "\n" for v in verdicts))
+  summary = report.summarize(tmp_path)
+  mmmu = summary["benchmarks"]["mmmu_pro"]
+  assert mmmu["settings"] == {"standard (10 options)": 100.0, "vision": 0.0}
+  assert mmmu["accuracy"] == 50.0           # not the pooled 75.0
+  assert "| MMMU-Pro: vision | | 0.0 |" in report.markdown(summary)
+
+
+def test_aime25_loads_from_both_published_copies(tmp_path):
+  # opencompass/AIME2025: aime2025-I.jsonl / aime2025-II.jsonl with `question`.
+  _jsonl(tmp_path / "opencompass/aime25/aime2025-I.jsonl",
+         [{"question": "Find $a$.", "answer": "70"}, {"question": "Find $b$.", "answer": "588"}])
+  _jsonl(tmp_path / "opencompass/aime25/aime2025-II.jsonl",
+         [{"question": "Find $a$.", "answer": 16}])
+  loaded = runner.load_items(benchmarks.BENCHMARKS["aime25"], tmp_path / "opencompass")
+  assert sorted(i.gold for i in loaded.items) == ["16", "588", "70"] and not loaded.skipped
+  # math-ai/aime25: test.jsonl with `problem` and `id`.
+  _jsonl(tmp_path / "mathai/aime25/test.jsonl", [{"id": "0", "problem": "Find $c$.",
+                                                  "answer": "2"}])
+  item = runner.load_items(benchmarks.BENCHMARKS["aime25"], tmp_path / "mathai").items[0]
+  assert (item.uid, item.question, item.gold) == ("0", "Find $c$.", "2")
+
+
+def test_missing_videos_are_reported_once_with_the_count(tmp_path):
+  rows = [{"id": f"v{i}", "question": "What happens?", "answer": "x", "choices": None,
+           "question_type": "open-ended", "video": f"videos/Art/{i}.mp4"} for i in range(5)]
+  (tmp_path / "mmvu").mkdir()
+  (tmp_path / "mmvu/validation.json").write_text(json.dumps(rows))
+  (tmp_path / "mmvu/videos/Art").mkdir(parents=True)
+  (tmp_path / "mmvu/videos/Art/4.mp4").write_bytes(b"\x00")
+  loaded = runner.load_items(benchmarks.BENCHMARKS["mmvu"], tmp_path)
+  assert [i.uid for i in loaded.items] == ["v4"]
+  assert dict(loaded.skipped) == {"missing_video": 4}
+  assert len(loaded.errors) == 1
+  assert "4 rows skipped" in loaded.errors[0] and "'videos/Art/0.mp4'" in loaded.errors[0]

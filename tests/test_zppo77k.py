@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax.data import demo_tokenizer, records, tfds_source, zppo77k
+from zppo_jax.data import demo_tokenizer, records, tfds_source, zppo77k, zppo77k_subsets
 from zppo_jax.data import generic_builder as gb
 
 VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]
@@ -28,70 +28,108 @@ def tok(tmp_path_factory):
   return tok
 
 
-def vero_row(subset, index, *, ability="stem", question=None, answer="78.5", images=None):
-  """One row in Vero-600k's verl layout."""
-  question = f"<image>\nQuestion {subset} {index}: what is the area?" if question is None else question
+def hf_image(data):
+  """An HF `Image` feature value as both releases store it: one `{bytes, path}` struct."""
+  return {"bytes": data, "path": None}
+
+
+def vero_row(config, index, *, question=None, answer="78.5", image="png", layout="struct"):
+  """One row of Vero-600k's `<config>/train-*.parquet` (shared/ZPPO_SPEC.md §7, "Published
+  layouts"): `image` (one HF Image struct), `prompt` (chat messages, as a struct of lists
+  `{content: [...], role: [...]}` or a list of messages), `data_source`, `ability` (the family),
+  `reward_model {ground_truth, style}`, `extra_info {answer, question, index, reward_type, domain,
+  tolerance}`."""
+  family, dataset = config.split("-", 1)
+  if question is None:
+    question = f"<image>\nQuestion {dataset} {index}: what is the area?"
+  messages = [{"role": "system", "content": "You are a helpful assistant."},
+              {"role": "user", "content": question}]
+  prompt = ({"content": [m["content"] for m in messages], "role": [m["role"] for m in messages]}
+            if layout == "struct" else messages)
   return {
-      "prompt": [{"role": "system", "content": "You are a helpful assistant."},
-                 {"role": "user", "content": question}],
-      "images": [{"bytes": png(), "path": None}] if images is None else images,
-      "data_source": subset, "ability": ability,
+      "image": hf_image(png()) if image == "png" else image,
+      "prompt": prompt, "data_source": dataset, "ability": family,
       "reward_model": {"ground_truth": answer, "style": "rule"},
-      "extra_info": {"answer": answer, "domain": ability, "index": index, "question": question},
+      "extra_info": {"answer": answer, "question": question, "index": index,
+                     "reward_type": "exact", "domain": family, "tolerance": 0.0},
   }
 
 
 def mmfr_row(source, rid, pass_rate=0.0, *, answer="7", image=None):
-  """One row in MMFineReason-SFT-586K's layout."""
-  return {"id": rid, "source": source, "question": f"<image>\nSolve problem {rid}.",
-          "answer": answer, "image": {"bytes": png() if image is None else image, "path": None},
-          "pass_rate": pass_rate, "qwen3vl_235b_thinking_response": "<think>...</think> 7"}
+  """One row of MMFineReason-SFT-586K's `data/train-NNNNN-of-00070.parquet` (shared/ZPPO_SPEC.md
+  §7, "Published layouts"): `question`, `answer` (null for free-form rows), `image` (one HF Image
+  struct), `source` (the sub-set), `id` (int64, unique only within a source), `pass_rate`, plus the
+  SFT-only columns (`original_answer`, the teacher's response)."""
+  return {"question": f"<image>\nSolve problem {source} {rid}.", "answer": answer,
+          "image": hf_image(png() if image is None else image), "source": source, "id": rid,
+          "pass_rate": pass_rate, "original_answer": answer,
+          "qwen3vl_235b_thinking_response": "<think>...</think> 7"}
 
 
-def vero_rows():
-  rows = [vero_row("mmk12", i) for i in range(5)]                          # tier 1: 3 kept
-  rows += [vero_row("vizwiz", i, ability="knowledge_recognition") for i in range(4)]  # tier 2: 2
-  rows += [vero_row("wemath20_standard", 0)]
-  rows += [
-      vero_row("chartqa", 1, ability="chart_ocr", answer="x" * 512),        # kept (boundary)
-      vero_row("chartqa", 2, ability="chart_ocr", answer="x" * 513),        # answer_too_long
-      vero_row("chartqa", 3, ability="chart_ocr", images=[{"bytes": png(100, 300)}]),  # kept
-      vero_row("chartqa", 4, ability="chart_ocr", images=[{"bytes": png(99, 300)}]),   # small
-      vero_row("chartqa", 5, ability="chart_ocr", images=[{"bytes": b"\x89PNG garbage"}]),
-      vero_row("chartqa", 6, ability="chart_ocr", images=[{"bytes": png()[:60]}]),   # truncated
-      vero_row("chartqa", 7, ability="chart_ocr", question="<image>\n"),    # empty_question
-      vero_row("chartqa", 1, ability="chart_ocr"),                          # duplicate_id
-      vero_row("chartqa", 8, ability="chart_ocr", question="<image>\n" + "long " * 2000),
-  ]
-  return rows
+def vero_configs():
+  """config -> train shards (lists of rows). Expected per sub-set (caps 3 / 2) in comments."""
+  chart = "chart_ocr-chartqa"
+  return {
+      "stem-mmk12": [[vero_row("stem-mmk12", i) for i in range(5)]],        # tier 1: 3 kept
+      "stem-raven": [[vero_row("stem-raven", i) for i in range(4)]],        # tier 2 (not family)
+      "stem-wemath20_standard": [[vero_row("stem-wemath20_standard", 0)]],
+      "stem-ai2d_merged": [[vero_row("stem-ai2d_merged", 0)]],
+      "knowledge_recognition-vizwiz": [[vero_row("knowledge_recognition-vizwiz", i)
+                                        for i in range(2)]],                 # not_in_mixture
+      chart: [[
+          vero_row(chart, 1, answer="x" * 512, layout="list"),              # kept (boundary)
+          vero_row(chart, 2, answer="x" * 513, layout="list"),              # answer_too_long
+          vero_row(chart, 3, image=hf_image(png(100, 300)), layout="list"),  # kept (boundary)
+          vero_row(chart, 4, image=hf_image(png(99, 300)), layout="list"),   # small_image
+          vero_row(chart, 5, image=hf_image(b"\x89PNG garbage"), layout="list"),  # broken
+      ], [
+          vero_row(chart, 6, image=hf_image(png()[:60])),                    # broken (truncated)
+          vero_row(chart, 7, question="<image>\n"),                          # empty_question
+          vero_row(chart, 1),                                                 # duplicate_id
+          vero_row(chart, 8, question="<image>\n" + "long " * 2000),         # too_long
+          vero_row(chart, 9, image=None),                                     # no_image
+      ]],
+  }
 
 
-def mmfr_rows():
-  rows = [mmfr_row("MMK12", f"m{i}", 0.1) for i in range(2)]                # vero_priority
-  rows += [mmfr_row("WeMath2-Standard", "w0", 0.1)]                         # vero_priority (alias)
-  rows += [mmfr_row("BMMR", "b0", 0.8), mmfr_row("BMMR", "b1", 0.51),      # pass_rate_high
-           mmfr_row("BMMR", "b2", None),                                    # no_pass_rate
-           mmfr_row("BMMR", "b3", 0.5)]                                     # kept (boundary)
-  rows += [mmfr_row("BMMR", f"b{i}", 0.0) for i in range(4, 6)]             # 3 survivors = cap
-  rows += [mmfr_row("Euclid30K", "e0", 0.2, answer=12)]                     # numeric answer: ok
-  return rows
+def mmfr_shards():
+  first = [mmfr_row("MMK12", i, 0.1) for i in range(2)]                     # vero_priority
+  first += [mmfr_row("FineVision-ai2d_merged", 0, 0.1),                     # vero_priority
+            mmfr_row("FineVision-raven", 0, 0.1), mmfr_row("WeMath", 5, 0.1)]
+  first += [mmfr_row("BMMR", 0, 0.8), mmfr_row("BMMR", 1, 0.51),           # pass_rate_high
+            mmfr_row("BMMR", 2, None),                                      # no_pass_rate
+            mmfr_row("BMMR", 3, 0.5),                                       # kept (boundary)
+            mmfr_row("BMMR", 4, 0.0), mmfr_row("BMMR", 5, 0.0),            # 3 survivors = cap
+            mmfr_row("BMMR", 6, 0.0, answer=None)]                          # free-form: no_answer
+  first += [mmfr_row("Euclid30K", 0, 0.2, answer="12"),                    # id 0 again: kept
+            mmfr_row("CLEVR-Math", 0, 0.0)]                                 # not_in_mixture
+  second = [mmfr_row("VisualSphinx", i, 0.0) for i in range(3)]            # tier 2: 2 kept
+  second += [mmfr_row("BMMR", 4, 0.0)]                                      # duplicate_id
+  return [first, second]
 
 
 def write_sources(root, vero=None, mmfr=None, shuffle_seed=None):
-  vero, mmfr = vero or vero_rows(), mmfr or mmfr_rows()
-  if shuffle_seed is not None:
-    rng = np.random.default_rng(shuffle_seed)
-    vero = [vero[i] for i in rng.permutation(len(vero))]
-  (root / "vero" / "data").mkdir(parents=True)
+  """Writes both sources in their published layouts under `root/vero` and `root/mmfr`.
+
+  Vero: `<config>/train-NNNNN-of-NNNNN.parquet` plus a `val-00000-of-00001.parquet` per config
+  that is not Parquet at all (opening it fails the build: `val` must never be read).
+  MMFineReason: `data/train-NNNNN-of-00070.parquet` (only the first shards exist here).
+  """
+  vero, mmfr = vero or vero_configs(), mmfr or mmfr_shards()
+  rng = np.random.default_rng(shuffle_seed)
+  order = (lambda rows: rows) if shuffle_seed is None else (
+      lambda rows: [rows[i] for i in rng.permutation(len(rows))])
+  for config, shards in vero.items():
+    folder = root / "vero" / config
+    folder.mkdir(parents=True)
+    for k, rows in enumerate(shards):
+      pq.write_table(pa.Table.from_pylist(order(rows)),
+                     folder / f"train-{k:05d}-of-{len(shards):05d}.parquet")
+    (folder / "val-00000-of-00001.parquet").write_bytes(b"not parquet: val is never read")
   (root / "mmfr" / "data").mkdir(parents=True)
-  pq.write_table(pa.Table.from_pylist(vero[:8]), root / "vero/data/train-00000-of-00002.parquet")
-  pq.write_table(pa.Table.from_pylist(vero[8:]), root / "vero/data/train-00001-of-00002.parquet")
-  pq.write_table(pa.Table.from_pylist([{**r, "answer": str(r["answer"])} for r in mmfr]),
-                 root / "mmfr/data/sft-00000.parquet")
-  # A second file whose question column is binary, with one row that is not UTF-8.
-  bad = [{"id": "u0", "source": "BMMR", "question": b"\xff\xfe bad", "answer": "1",
-          "image": {"bytes": png(), "path": None}, "pass_rate": 0.0}]
-  pq.write_table(pa.Table.from_pylist(bad), root / "mmfr/data/sft-00001.parquet")
+  for k, rows in enumerate(mmfr):
+    pq.write_table(pa.Table.from_pylist(order(rows)),
+                   root / "mmfr" / "data" / f"train-{k:05d}-of-00070.parquet")
   return root / "vero", root / "mmfr"
 
 
@@ -115,50 +153,78 @@ def test_paper_constants():
 
 
 def test_report_accounts_for_every_row(built):
-  report, recs, _ = built
-  assert report["sources"]["vero"]["rows"] == len(vero_rows())
-  assert report["sources"]["mmfinereason"]["rows"] == len(mmfr_rows()) + 1
+  report, recs, root = built
+  assert report["sources"]["vero"]["rows"] == sum(len(rows) for shards in vero_configs().values()
+                                                  for rows in shards)
+  assert report["sources"]["mmfinereason"]["rows"] == sum(len(rows) for rows in mmfr_shards())
   for s in report["sources"].values():
     assert s["rows"] == s["kept"] + sum(s["dropped"].values())
-  assert report["kept"] == len(recs)
+  assert report["kept"] == len(recs) == 15
   assert sum(v["kept"] for v in report["subsets"].values()) == len(recs)
-  assert sum(report["kept_per_tier"].values()) == len(recs)
-  assert (built[2] / "out" / "report.md").read_text().startswith("# ZPPO-77K build report")
+  assert report["kept_per_tier"] == {"tier1": 11, "tier2": 4}
+  assert (root / "out" / "report.md").read_text().startswith("# ZPPO-77K build report")
 
 
 def test_drop_reasons(built):
   report = built[0]
-  assert report["sources"]["vero"]["dropped"] == {
+  assert report["sources"]["vero"] == {"rows": 23, "kept": 9, "dropped": {
       "answer_too_long": 1, "broken_image": 2, "duplicate_id": 1, "empty_question": 1,
-      "over_cap": 4, "small_image": 1, "too_long": 1}
-  assert report["sources"]["mmfinereason"]["dropped"] == {
-      "no_pass_rate": 1, "non_utf8": 1, "pass_rate_high": 2, "vero_priority": 3}
+      "no_image": 1, "not_in_mixture": 2, "over_cap": 4, "small_image": 1, "too_long": 1}}
+  assert report["sources"]["mmfinereason"] == {"rows": 18, "kept": 6, "dropped": {
+      "duplicate_id": 1, "no_answer": 1, "no_pass_rate": 1, "not_in_mixture": 1, "over_cap": 1,
+      "pass_rate_high": 2, "vero_priority": 5}}
+  assert set(report["sources"]["vero"]["dropped"]) <= set(zppo77k.DROP_REASONS)
 
 
 def test_tier_caps_per_subset(built):
   subsets = built[0]["subsets"]
   assert subsets["vero/mmk12"] == {"source": "vero", "subset": "mmk12", "tier": 1, "rows": 5,
                                    "kept": 3, "dropped": {"over_cap": 2}}
-  assert subsets["vero/vizwiz"]["tier"] == 2 and subsets["vero/vizwiz"]["kept"] == 2
+  # Tiers come from the paper's lists, not Vero's family: `stem-raven` is tier 2.
+  assert subsets["vero/raven"] == {"source": "vero", "subset": "raven", "tier": 2, "rows": 4,
+                                   "kept": 2, "dropped": {"over_cap": 2}}
   assert subsets["mmfinereason/bmmr"]["kept"] == 3          # 3 survivors, tier-1 cap 3
-  assert subsets["vero/chartqa"]["tier"] == 1               # chart/OCR is tier 1
+  assert subsets["mmfinereason/visualsphinx"]["tier"] == 2
+  assert subsets["mmfinereason/visualsphinx"]["kept"] == 2
+  assert subsets["vero/chartqa"]["tier"] == 1 and subsets["vero/chartqa"]["kept"] == 2
+  assert subsets["vero/vizwiz"]["dropped"] == {"not_in_mixture": 2}
 
 
-def test_boundaries_kept(built):
+def test_vero_priority_meets_across_spellings(built):
+  subsets = built[0]["subsets"]
+  assert subsets["mmfinereason/ai2d"]["dropped"] == {"vero_priority": 1}  # FineVision-ai2d_merged
+  assert subsets["mmfinereason/raven"]["dropped"] == {"vero_priority": 1}    # FineVision-raven
+  assert subsets["mmfinereason/wemath"]["dropped"] == {"vero_priority": 1}   # vs wemath20_standard
+  assert subsets["mmfinereason/mmk12"]["dropped"] == {"vero_priority": 2}
+
+
+def test_boundaries_and_keys(built):
   ids = {r["id"] for r in built[1]}
   assert "vero/chartqa/1" in ids          # answer of exactly 512 characters
   assert "vero/chartqa/3" in ids          # image min side exactly 100
-  assert "mmfinereason/b3" in ids         # pass_rate exactly 0.5
-  assert not any(i.startswith("mmfinereason/m") or i == "mmfinereason/w0" for i in ids)
+  assert "mmfinereason/BMMR/3" in ids     # pass_rate exactly 0.5
+  assert "mmfinereason/Euclid30K/0" in ids and "mmfinereason/BMMR/0" not in ids  # (source, id)
+  assert not any(i.startswith(("mmfinereason/MMK12", "mmfinereason/FineVision")) for i in ids)
+
+
+def test_every_record_has_decodable_images(built):
+  for r in built[1]:
+    assert len(r["images"]) == 1, r["id"]
+    image = PIL.Image.open(io.BytesIO(r["images"][0]))
+    image.load()
+    assert min(image.size) >= 100, r["id"]
 
 
 def test_records_content(built):
   recs = {r["id"]: r for r in built[1]}
-  r = recs["mmfinereason/e0"]
-  assert r["answer"] == "12" and r["question"] == "Solve problem e0." and r["tier"] == 1
-  assert r["images"] == [png()] and r["subset"] == "euclid30k" and r["meta"]["pass_rate"] == 0.2
-  v = next(x for x in recs.values() if x["subset"] == "vizwiz")
-  assert v["source"] == "vero" and v["tier"] == 2 and not v["question"].startswith("<image>")
+  r = recs["mmfinereason/Euclid30K/0"]
+  assert r["answer"] == "12" and r["question"] == "Solve problem Euclid30K 0." and r["tier"] == 1
+  assert r["images"] == [png()] and r["subset"] == "euclid" and r["meta"]["pass_rate"] == 0.2
+  v = recs["vero/raven/0"]
+  assert v["source"] == "vero" and v["tier"] == 2
+  assert v["question"] == "Question raven 0: what is the area?"
+  assert v["meta"]["config"] == "stem-raven" and v["answer"] == "78.5"
+  assert recs["vero/chartqa/3"]["images"] == [png(100, 300)]   # from a list-of-messages prompt
 
 
 def test_seeded_choice(tmp_path, tok):
@@ -211,10 +277,17 @@ def test_caps_walk_fills_the_cap_with_rows_that_pass():
 
 
 def test_canonical_map_and_tiers():
-  assert zppo77k.canonical_subset("WeMath2-Standard") == zppo77k.canonical_subset("wemath20_standard")
-  assert zppo77k.canonical_subset("MMK12") == "mmk12" == zppo77k.canonical_subset("mm_k12")
-  assert zppo77k.vero_tier("stem") == 1 and zppo77k.vero_tier("chart_ocr") == 1
-  assert zppo77k.vero_tier("knowledge_recognition") == 2 and zppo77k.vero_tier("grounding") == 2
+  c = zppo77k_subsets.canonical
+  assert c("wemath20_standard") == c("WeMath") == c("wemath20_pro") == "wemath"
+  assert c("ai2d_merged") == c("FineVision-ai2d_merged") == "ai2d"
+  assert c("raven") == c("FineVision-raven") == "raven" and zppo77k_subsets.tier("raven") == 2
+  assert c(zppo77k_subsets.vero_dataset("chart_ocr-CoSyn_400k_chart")) == "cosyn_chart"
+  assert c(zppo77k_subsets.vero_dataset("counting_grounding_search-tallyqa")) == "tallyqa"
+  for name in ("pathvqa", "vqarad", "evochart", "VisualSphinx", "LLaVA-CoT", "Zebra-CoT"):
+    assert zppo77k_subsets.tier(c(name)) == 2, name
+  for name in ("MMR1", "Euclid30K", "Geometry3K", "geo3k", "mm-openr1", "ViRL39K", "ScienceQA"):
+    assert zppo77k_subsets.tier(c(name)) == 1, name
+  assert c("vizwiz") is None and c("CLEVR-Math") is None
 
 
 def test_prompt_budget_counts_image_tokens(tok):
@@ -234,8 +307,9 @@ def test_tfds_data_source_reads_the_output(built):
 
 def test_cli_build_zppo77k(tmp_path, tok):
   from zppo_jax import cli
-  vero, mmfr = write_sources(tmp_path, vero=[vero_row("mmk12", 0), vero_row("vizwiz", 1)],
-                             mmfr=[mmfr_row("BMMR", "b0", 0.1)])
+  vero, mmfr = write_sources(tmp_path, vero={"stem-mmk12": [[vero_row("stem-mmk12", 0)]],
+                                             "stem-raven": [[vero_row("stem-raven", 1)]]},
+                             mmfr=[[mmfr_row("BMMR", 0, 0.1)]])
   tok.save_pretrained(str(tmp_path / "tok"))
   rc = cli.main(["data", "build-zppo77k", "--vero", str(vero), "--mmfinereason", str(mmfr),
                  "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok"),
@@ -243,3 +317,16 @@ def test_cli_build_zppo77k(tmp_path, tok):
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   assert rc == 0 and report["kept"] == 3 and report["rules"]["max_prompt_tokens"] == 4096
   assert report["rules"]["tier_caps"] == {"1": 2800, "2": 1400}
+
+
+def test_question_from_the_prompt_in_both_published_forms(tmp_path):
+  """Without `extra_info.question`, the last user message of `prompt` is the question, whether
+  `prompt` is stored as a struct of lists or as a list of messages."""
+  struct = {"content": ["You are helpful.", "<image>\nHow many?"], "role": ["system", "user"]}
+  messages = [{"role": "system", "content": "You are helpful."},
+              {"role": "user", "content": "<image>\nHow many?"}]
+  for prompt in (struct, messages):
+    row = dict(vero_row("counting_grounding_search-tallyqa", 0), prompt=prompt)
+    row["extra_info"] = dict(row["extra_info"], question=None)
+    p = zppo77k._Parsed("vero", row, tmp_path / "counting_grounding_search-tallyqa" / "x", "x")
+    assert p.question == "How many?" and p.subset == "tallyqa" and p.tier == 2

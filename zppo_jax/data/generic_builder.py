@@ -335,8 +335,10 @@ def _user_record(row, fields, name, path, where, seen, budget, config) -> dict:
   if budget is not None and budget.count(question, sizes) > config.max_prompt_tokens:
     raise RowError("too_long", where)
   subset = get_field(row, fields["subset"]) if "subset" in fields else None
+  choices = row.get("choices")     # multiple-choice options, for grading
   return records.make_record(id=row_id, source=name, subset=str(subset or name),
-                             question=question, answer=answer, images=images)
+                             question=question, answer=answer, images=images,
+                             meta={"choices": choices} if isinstance(choices, list) else None)
 
 
 def main(argv: list[str]) -> int:

@@ -28,11 +28,12 @@ from typing import Callable, Iterable
 import grain
 import numpy as np
 
-from zppo_jax.data import records, tfds_source, vision
+from zppo_jax import distributed
+from zppo_jax.data import prompts, records, tfds_source, vision
 from zppo_jax.data.generic_builder import default_user_text
 
 PIPELINE_REJECTS = ("bad_record", "non_utf8", "no_id", "empty_question", "no_answer",
-                    "broken_image", "small_image", "too_long", "duplicate_id")
+                    "broken_image", "small_image", "too_long", "duplicate_id", "text_only_model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,11 @@ class PipelineConfig:
     num_threads: reader threads per process.
     max_prompt_tokens: longer prompts are skipped (`too_long`).
     min_image_side: images with a smaller side are skipped (`small_image`).
-    vision: the image preprocessing settings.
+    vision: the image preprocessing settings; None for a text-only model (images not decoded).
+    global_batch: when > 0, each process reads its contiguous block (`distributed.block`) of
+      every `global_batch` positions and batches are those blocks (`batch_size` is ignored): the
+      processes' batches concatenated in process order are a one-process run's batch (as long
+      as no record is skipped).
   """
   seed: int = 0
   shuffle: bool = True
@@ -61,7 +66,8 @@ class PipelineConfig:
   num_threads: int = 4
   max_prompt_tokens: int = 4096
   min_image_side: int = 100
-  vision: vision.VisionProcessorConfig = vision.VisionProcessorConfig()
+  vision: vision.VisionProcessorConfig | None = vision.VisionProcessorConfig()
+  global_batch: int = 0
 
 
 class Preprocessor:
@@ -70,12 +76,14 @@ class Preprocessor:
   An example holds the record's `id`, `source`, `subset`, `question`, `answer`, `images` (encoded
   bytes, kept for the replay buffer) plus `prompt_ids` (int32[T]: the chat-formatted user turn
   with images first, placeholders expanded), `pixel_values` (float32[N, C*Tp*P*P]) and
-  `image_grid_thw` (int64[I, 3]).
+  `image_grid_thw` (int64[I, 3]). The prompt is `prompts.encode_prompt`'s, the function every
+  other prompt of the run (replayed, reformulated) is made with. With `vision_cfg=None` (a
+  text-only student) a record with images is skipped (`text_only_model`).
   """
 
   def __init__(self, tokenizer, build_user_text: Callable[[str], str] = default_user_text, *,
                max_prompt_tokens: int = 4096, min_image_side: int = 100,
-               vision_cfg: vision.VisionProcessorConfig = vision.VisionProcessorConfig()):
+               vision_cfg: vision.VisionProcessorConfig | None = vision.VisionProcessorConfig()):
     self.tokenizer, self.build_user_text = tokenizer, build_user_text
     self.max_prompt_tokens, self.min_image_side = max_prompt_tokens, min_image_side
     self.vision_cfg = vision_cfg
@@ -93,6 +101,8 @@ class Preprocessor:
     for field, reason in (("id", "no_id"), ("question", "empty_question"), ("answer", "no_answer")):
       if not isinstance(record.get(field), str) or not record[field].strip():
         return {"reject": reason, "id": rid if isinstance(rid, str) else None}
+    if record.get("images") and self.vision_cfg is None:
+      return {"reject": "text_only_model", "id": rid}
     images = []
     for i, data in enumerate(record.get("images") or ()):
       try:
@@ -103,42 +113,50 @@ class Preprocessor:
         return {"reject": "small_image", "id": rid}
       images.append(image)
     try:
-      pixels = vision.preprocess_images(images, self.vision_cfg, rid) if images else {}
+      ids = prompts.encode_prompt(self.tokenizer, self.build_user_text(record["question"]),
+                                  images, self.vision_cfg, rid)
     except vision.VisionInputError:   # e.g. an aspect ratio the processor refuses
       return {"reject": "broken_image", "id": rid}
-    ids = self.encode(record["question"], pixels.get("image_grid_thw"), len(images), rid)
     if len(ids) > self.max_prompt_tokens:
       return {"reject": "too_long", "id": rid}
-    dim = 3 * self.vision_cfg.temporal_patch_size * self.vision_cfg.patch_size ** 2
+    cfg = self.vision_cfg or vision.VisionProcessorConfig()
+    dim = 3 * cfg.temporal_patch_size * cfg.patch_size ** 2
     return {**{k: record.get(k) for k in ("id", "source", "subset", "question", "answer")},
             "images": list(record.get("images") or ()),
+            "meta": record.get("meta") or {},
             "prompt_ids": np.asarray(ids, np.int32),
-            "pixel_values": pixels.get("pixel_values", np.zeros((0, dim), np.float32)),
-            "image_grid_thw": pixels.get("image_grid_thw", np.zeros((0, 3), np.int64))}
-
-  def encode(self, question: str, grids, num_images: int, rid) -> list[int]:
-    """Token ids of the user turn: one vision block per image, then the question text."""
-    placeholder = vision.VISION_START + vision.IMAGE_PAD + vision.VISION_END
-    content = placeholder * num_images + self.build_user_text(question)
-    text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                              tokenize=False, add_generation_prompt=True)
-    text = vision.expand_vision_placeholders(text, grids, merge_size=self.vision_cfg.merge_size,
-                                             sample=rid)
-    return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            **({"pixel_values": ids.pixel_values, "image_grid_thw": ids.image_grid_thw}
+               if isinstance(ids, prompts.ImagePrompt) else
+               {"pixel_values": np.zeros((0, dim), np.float32),
+                "image_grid_thw": np.zeros((0, 3), np.int64)})}
 
 
 class _EpochOrder:
-  """Random access to this process's record indices: local position -> stored record index."""
+  """Random access to this process's record indices: local position -> stored record index.
+
+  The epoch's positions are cut into groups of `group`; this process reads offsets
+  [start, stop) of every group (by default group = process count and one offset each: positions
+  g with g mod P = index).
+  """
 
   def __init__(self, valid: np.ndarray, seed: int, shuffle: bool, num_epochs: int,
-               shard: grain.sharding.ShardOptions):
+               shard: grain.sharding.ShardOptions, global_batch: int = 0):
     self.valid, self.seed, self.shuffle = valid, seed, shuffle
-    self.index, self.count = shard.shard_index, shard.shard_count
+    index, count = shard.shard_index, shard.shard_count
+    if global_batch:
+      if global_batch < count:
+        raise ValueError(f"a global batch of {global_batch} cannot be split over {count} "
+                         "processes")
+      block = distributed.block(global_batch, index, count)
+      self.group, self.start, self.size = global_batch, block.start, block.stop - block.start
+    else:
+      self.group, self.start, self.size = count, index, 1
     n = len(valid)
-    self.per_epoch = (n // self.count if shard.drop_remainder
-                      else len(range(self.index, n, self.count)))
+    groups, rest = divmod(n, self.group)
+    self.per_epoch = groups * self.size + (
+        0 if shard.drop_remainder else min(max(rest - self.start, 0), self.size))
     if self.per_epoch == 0:
-      raise ValueError(f"process {self.index} of {self.count} gets no records of {n}")
+      raise ValueError(f"process {index} of {count} gets no records of {n}")
     self.length = self.per_epoch * num_epochs if num_epochs else np.iinfo(np.int64).max
     self._perm: tuple[int, np.ndarray] | None = None
 
@@ -147,7 +165,7 @@ class _EpochOrder:
 
   def __getitem__(self, i: int) -> int:
     epoch, j = divmod(int(i), self.per_epoch)
-    position = self.index + j * self.count
+    position = (j // self.size) * self.group + self.start + j % self.size
     if not self.shuffle:
       return int(self.valid[position])
     if self._perm is None or self._perm[0] != epoch:
@@ -191,7 +209,10 @@ class Pipeline:
     self.valid, duplicates = _first_occurrences(ids, len(self.source))
     self.build_rejects = collections.Counter({"duplicate_id": duplicates} if duplicates else {})
     self.shard = shard if shard is not None else grain.sharding.ShardByJaxProcess()
-    self.order = _EpochOrder(self.valid, config.seed, config.shuffle, config.num_epochs, self.shard)
+    self.order = _EpochOrder(self.valid, config.seed, config.shuffle, config.num_epochs, self.shard,
+                             config.global_batch)
+    if config.global_batch:   # this process's batches are its blocks of the global batches
+      self.config = dataclasses.replace(config, batch_size=self.order.size)
     self.replay_rejects: collections.Counter = collections.Counter()
 
   def dataset(self) -> grain.IterDataset:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from zppo_jax.data import record_images
+
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
@@ -151,7 +153,8 @@ def load_image(source, sample: Any = "?") -> PIL.Image.Image:
   """Decodes an image fully and converts it to RGB.
 
   Args:
-    source: a PIL image, encoded bytes, a file path, or a uint8 array [H, W] / [H, W, 1|3|4].
+    source: a PIL image, encoded bytes, a file path, an image in the shards (a
+      `record_images.uri`), or a uint8 array [H, W] / [H, W, 1|3|4].
     sample: identifies the sample in error messages.
 
   Raises:
@@ -162,6 +165,8 @@ def load_image(source, sample: Any = "?") -> PIL.Image.Image:
       image = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
       image = PIL.Image.open(io.BytesIO(bytes(source)))
+    elif record_images.is_uri(source):   # an image stored in the training shards
+      image = PIL.Image.open(io.BytesIO(record_images.read(source)))
     elif isinstance(source, (str, os.PathLike)):
       image = PIL.Image.open(source)
     elif isinstance(source, np.ndarray):

@@ -2,26 +2,32 @@
 
     zppo data build-zppo77k --vero DIR --mmfinereason DIR --out OUT [--tokenizer DIR]
 
-Sources, in their published Parquet layouts (any `.parquet`/`.jsonl` file below the directory):
-- **Vero-600k** (verl RL format): `prompt` (chat messages), `images` (list of `{bytes, path}`),
-  `data_source` (the sub-set, 34 of them), `ability` (the task domain), `reward_model`
-  (`{ground_truth, style}`), `extra_info` (`{answer, domain, index, question}`).
-- **MMFineReason-SFT-586K**: `source` (the sub-set), `question`, `answer`, `image` (one
-  `{bytes, path}`), `id`, and the 4B model's pass rate (`pass_rate`; the aliases in
-  `MMFR_PASS_RATE_COLUMNS` are accepted too).
+Sources, in their published layouts (the releases on the Hub, downloaded as they are):
+- **Vero-600k**: a folder per config `<family>-<dataset>` (`stem-ai2d_merged`), holding
+  `train-NNNNN-of-NNNNN.parquet` and `val-...` shards. Only `train-*` files are opened (`val` is
+  Vero's held-out split). Columns: `image` (one HF Image struct `{bytes, path}`), `prompt` (chat
+  messages, a struct of lists `{content, role}` or a list of messages), `data_source`, `ability`
+  (the family), `reward_model {ground_truth, style}`, `extra_info {answer, question, index, ...}`.
+  Gold = `reward_model.ground_truth`; question = `extra_info.question` (else the user message);
+  the sub-set is the config's `<dataset>`; the row key is (config, `extra_info.index`).
+- **MMFineReason-SFT-586K**: `data/train-NNNNN-of-00070.parquet`; columns `question`, `answer`
+  (null for free-form rows), `image` (one `{bytes, path}` struct), `source` (the sub-set), `id`
+  (int64, unique only within a source: the row key is (source, id)), `pass_rate`.
 
 Rules, in the order they are applied (each dropped row is counted under the first rule it fails):
 1. row checks shared with the generic builder: readable, UTF-8, id/question/answer present and
-   strings, unique id within the source;
-2. MMFineReason rows with pass_rate > 0.5 (`pass_rate_high`; a missing rate is `no_pass_rate`);
-3. canonical sub-set names (`canonical_subset`); a sub-set present in Vero is taken from Vero only,
-   its MMFineReason rows are dropped (`vero_priority`);
-4. answer ≤ 512 characters, every image decodable with min side ≥ 100 px, base prompt (user
-   turn with the RL closer, chat template, image tokens at the paper's pixel budget) ≤ 4,096 tokens;
-5. caps per canonical sub-set: 2,800 for tier 1 (STEM, chart/OCR), 1,400 for tier 2 (VQA,
-   knowledge, counting/grounding); the kept rows are a seeded choice among the rows that pass 1-4.
-   Rules 4-5 run together (`apply_caps`): rows are walked in a seeded order and checked until the
-   cap is reached, so a row past the cap is counted `over_cap` without being decoded.
+   strings (`no_answer` for MMFineReason's free-form rows), key unique within its source;
+2. the sub-set is on the paper's tier lists (`zppo77k_subsets`), else `not_in_mixture`;
+3. MMFineReason rows with pass_rate > 0.5 (`pass_rate_high`; a missing rate is `no_pass_rate`);
+4. a canonical sub-set present in Vero is taken from Vero only: its MMFineReason rows are dropped
+   (`vero_priority`);
+5. answer <= 512 characters, one image present (`no_image`) and decodable with min side >= 100 px,
+   base prompt (user turn with the RL closer, chat template, image tokens at the paper's pixel
+   budget) <= 4,096 tokens;
+6. caps per canonical sub-set: 2,800 for tier 1, 1,400 for tier 2 (tiers from the paper's lists);
+   the kept rows are a seeded choice among the rows that pass 1-5. Rules 5-6 run together
+   (`apply_caps`): rows are walked in a seeded order and checked until the cap is reached, so a
+   row past the cap is counted `over_cap` without being decoded.
 
 The report (`report.json`, `report.md`) counts rows per source, sub-set, tier and reason; every
 row read appears exactly once (kept or dropped).
@@ -35,50 +41,26 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-import re
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from zppo_jax.data import generic_builder as gb
 from zppo_jax.data import records, tfds_source
+from zppo_jax.data import zppo77k_subsets as subsets_lib
 
 NAME = "zppo77k"
 SOURCES = ("vero", "mmfinereason")
 TIER_CAPS = {1: 2800, 2: 1400}
 MAX_PASS_RATE = 0.5
-MMFR_PASS_RATE_COLUMNS = ("pass_rate", "qwen3vl_4b_pass_rate", "pass_rate_4b")
-DROP_REASONS = gb.REJECT_REASONS + ("pass_rate_high", "no_pass_rate", "vero_priority",
-                                    "over_cap")
-
-# Decision: the paper does not publish its canonical-name map. Names are normalised (lower case,
-# letters and digits only); these aliases join the spellings the two sources use for one origin.
-SUBSET_ALIASES = {
-    "wemath20standard": "wemath2", "wemath20pro": "wemath2", "wemath2standard": "wemath2",
-    "wemath2pro": "wemath2", "wemath20": "wemath2",
-    "geo170k": "geo170k", "geoqaplus": "geoqa", "geoqa": "geoqa",
-    "mmk12": "mmk12", "mmeureka": "mmk12",
-    "scienceqa": "scienceqa", "sqa": "scienceqa",
-    "clevrmath": "clevrmath", "superclevr": "superclevr",
-    "finevisiontqa": "tqa", "tqa": "tqa", "finevisionai2d": "ai2d", "ai2d": "ai2d",
-    "chartqa": "chartqa", "finevisionchartqa": "chartqa",
-}
-# Tier of a Vero row from its `ability` domain: STEM and chart/OCR are tier 1, the rest tier 2.
-TIER1_DOMAIN_WORDS = ("stem", "math", "science", "chart", "ocr", "document")
-# Decision: MMFineReason is 93% mathematics and science (its card), so its sub-sets are tier 1
-# unless listed here.
-MMFR_TIER2_SUBSETS = frozenset({"vqa", "gqa", "vizwiz", "okvqa", "aokvqa", "countbench"})
+DROP_REASONS = gb.REJECT_REASONS + ("not_in_mixture", "pass_rate_high", "no_pass_rate",
+                                    "vero_priority", "no_image", "over_cap")
+IMAGE_COLUMN = "image"      # both sources: one HF Image struct per row
 
 
 def canonical_subset(name: str) -> str:
-  """The canonical sub-set name: normalised, then mapped through `SUBSET_ALIASES`."""
-  key = re.sub(r"[^0-9a-z]", "", name.lower())
-  return SUBSET_ALIASES.get(key, key)
-
-
-def vero_tier(domain: str | None) -> int:
-  domain = (domain or "").lower()
-  return 1 if any(w in domain for w in TIER1_DOMAIN_WORDS) else 2
+  """The canonical sub-set name, or the normalised name when ZPPO-77K does not use it."""
+  return subsets_lib.canonical(name) or subsets_lib.normalise(name)
 
 
 @dataclasses.dataclass
@@ -102,32 +84,47 @@ class Zppo77kConfig:
   workers: int = 1      # processes for the image/prompt checks (no effect on the result)
 
 
-def _vero_fields(row: dict) -> dict:
+def source_files(source: str, root: str | pathlib.Path) -> list[pathlib.Path]:
+  """The `train-*.parquet` shards of a source below `root` (sorted); `val-*` is never listed."""
+  root = pathlib.Path(root)
+  files = [root] if root.is_file() else sorted(root.rglob("train-*.parquet"))
+  if not files:
+    raise FileNotFoundError(f"no train-*.parquet shards of {source} under {root}")
+  return files
+
+
+def _user_message(prompt: Any) -> Any:
+  """The last user turn of Vero's `prompt`: a struct of lists or a list of messages."""
+  if isinstance(prompt, dict):   # {content: [...], role: [...]}
+    prompt = [{"role": r, "content": c} for r, c in zip(prompt.get("role") or (),
+                                                         prompt.get("content") or ())]
+  if not isinstance(prompt, list):
+    return None
+  users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+  return users[-1] if users else None
+
+
+def _vero_fields(row: dict, path: pathlib.Path) -> dict:
+  config = path.parent.name
   extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
   question = extra.get("question")
-  if question is None and isinstance(row.get("prompt"), list):
-    users = [m.get("content") for m in row["prompt"] if isinstance(m, dict)
-             and m.get("role") == "user"]
-    question = users[-1] if users else None
-  answer = gb.get_field(row, "reward_model.ground_truth")
-  if answer is None:
-    answer = extra.get("answer")
-  index = extra.get("index", row.get("id"))
-  subset = row.get("data_source")
-  return {"subset": subset, "id": None if index is None else f"{subset}/{index}",
-          "question": question, "answer": answer, "images": row.get("images"),
-          "domain": row.get("ability") or extra.get("domain"), "meta": {"data_source": subset}}
+  if question is None:
+    question = _user_message(row.get("prompt"))
+  index = extra.get("index")
+  return {"subset": subsets_lib.vero_dataset(config), "key": index,
+          "question": question, "answer": gb.get_field(row, "reward_model.ground_truth"),
+          "meta": {"config": config, "data_source": row.get("data_source"),
+                   "ability": row.get("ability")}}
 
 
-def _mmfr_fields(row: dict) -> dict:
-  rate = next((row[c] for c in MMFR_PASS_RATE_COLUMNS if row.get(c) is not None), None)
-  images = row.get("image") if row.get("image") is not None else row.get("images")
-  return {"subset": row.get("source"), "id": row.get("id"), "question": row.get("question"),
-          "answer": row.get("answer"), "images": images, "pass_rate": rate,
-          "meta": {"source": row.get("source"), "pass_rate": rate}}
+def _mmfr_fields(row: dict, path: pathlib.Path) -> dict:
+  return {"subset": row.get("source"), "key": row.get("id"), "question": row.get("question"),
+          "answer": row.get("answer"), "pass_rate": row.get("pass_rate"),
+          "meta": {"source": row.get("source"), "pass_rate": row.get("pass_rate")}}
 
 
-_FIELDS: dict[str, Callable[[dict], dict]] = {"vero": _vero_fields, "mmfinereason": _mmfr_fields}
+_FIELDS: dict[str, Callable[[dict, pathlib.Path], dict]] = {
+    "vero": _vero_fields, "mmfinereason": _mmfr_fields}
 
 
 class _Parsed:
@@ -136,30 +133,35 @@ class _Parsed:
   def __init__(self, source: str, row: Any, path: pathlib.Path, where: str):
     if isinstance(row, gb.RowError):
       raise row
-    f = _FIELDS[source](row)
+    f = _FIELDS[source](row, path)
     subset = gb.text_field(f["subset"], "subset", missing="bad_record")
     self.subset_raw, self.subset = subset, canonical_subset(subset)
-    self.id = source + "/" + gb.text_field(f["id"], "id", missing="no_id")
+    self.in_mixture = subsets_lib.canonical(subset) is not None
+    self.tier = subsets_lib.tier(self.subset) if self.in_mixture else 0
+    # The key is unique within a sub-set only (MMFineReason ids restart per source).
+    key = gb.text_field(f["key"], "id", missing="no_id")
+    self.id = f"{source}/{subset}/{key}"
     question = gb.text_field(f["question"], "question", missing="empty_question")
     self.question = gb.IMAGE_MARKER.sub("", question).strip()
     if not self.question:
       raise gb.RowError("empty_question", where)
     self.answer = gb.text_field(f["answer"], "answer", missing="no_answer")
     self.pass_rate = f.get("pass_rate")
-    self.tier = (vero_tier(f.get("domain")) if source == "vero"
-                 else 2 if self.subset in MMFR_TIER2_SUBSETS else 1)
     self.meta = f["meta"]
-    self._images, self._base = f["images"], path.parent
+    self._images, self._base = row.get(IMAGE_COLUMN), path.parent
 
   def images(self) -> list[bytes]:
-    return gb.image_bytes(self._images, self._base)
+    images = gb.image_bytes(self._images, self._base)
+    if not images:
+      raise gb.RowError("no_image", self.id)
+    return images
 
 
 def _scan(source: str, files: list[pathlib.Path], config: Zppo77kConfig) -> list[Candidate]:
-  """Rule 1-2 for every row of one source (cheap checks only)."""
+  """Rules 1-3 for every row of one source (cheap checks only; images are not read)."""
   out, seen = [], set()
   for f, path in enumerate(files):
-    for i, row in gb.iter_file_rows(path, skip_columns=("images", "image")):
+    for i, row in gb.iter_file_rows(path, skip_columns=(IMAGE_COLUMN,)):
       cand = Candidate(source, gb.Locator(f, i))
       out.append(cand)
       try:
@@ -170,6 +172,8 @@ def _scan(source: str, files: list[pathlib.Path], config: Zppo77kConfig) -> list
       cand.id, cand.subset, cand.tier = p.id, p.subset, p.tier
       if p.id in seen:
         cand.reason = "duplicate_id"
+      elif not p.in_mixture:
+        cand.reason = "not_in_mixture"
       elif source == "mmfinereason":
         cand.reason = _pass_rate_reason(p.pass_rate, config.max_pass_rate)
       seen.add(p.id)
@@ -189,7 +193,7 @@ def _pass_rate_reason(rate: Any, max_rate: float) -> str | None:
 
 def _check_file(source: str, path: pathlib.Path, rows: set[int], budget,
                 filters: gb.BuildConfig) -> dict[int, str]:
-  """Rule 4 for the listed rows of one file: answer length, images, prompt budget.
+  """Rule 5 for the listed rows of one file: answer length, images, prompt budget.
 
   Returns:
     row number -> drop reason, for the rows that fail.
@@ -239,7 +243,7 @@ def _subset_seed(seed: int, subset: str) -> int:
 
 def apply_caps(candidates: list[Candidate], tier_caps: dict, seed: int,
                check: Callable[[list[Candidate]], None] | None = None) -> int:
-  """Rules 4-5: per canonical sub-set, a seeded choice of `tier_caps[tier]` rows that pass rule 4.
+  """Rules 5-6: per canonical sub-set, a seeded choice of `tier_caps[tier]` rows that pass rule 5.
 
   Each sub-set's candidates (sorted by id, so file order does not matter) are put in a seeded
   random order and walked: the first `cap` rows that pass `check` are kept, the rows after them
@@ -266,9 +270,7 @@ def apply_caps(candidates: list[Candidate], tier_caps: dict, seed: int,
     group.sort(key=lambda c: c.id)
     order = np.random.default_rng(_subset_seed(seed, subset)).permutation(len(group))
     queues[subset] = [group[j] for j in order]
-    # Rows of one sub-set share its tier (after Vero priority a sub-set has one source); if a
-    # source mixes domains within a sub-set, the stricter (smaller) cap applies.
-    caps[subset] = min(tier_caps[c.tier] for c in group)
+    caps[subset] = min(tier_caps[c.tier] for c in group)   # one tier per canonical sub-set
   rounds = 0
   while True:
     batch = []
@@ -305,9 +307,10 @@ def build(vero: str | pathlib.Path, mmfinereason: str | pathlib.Path, out: str |
   Returns:
     The report dict.
   """
-  files = {"vero": gb.input_files(vero), "mmfinereason": gb.input_files(mmfinereason)}
+  files = {"vero": source_files("vero", vero),
+           "mmfinereason": source_files("mmfinereason", mmfinereason)}
   cands = {s: _scan(s, files[s], config) for s in SOURCES}
-  vero_subsets = {c.subset for c in cands["vero"] if c.subset != "?"}
+  vero_subsets = {c.subset for c in cands["vero"] if c.tier}
   for c in cands["mmfinereason"]:
     if c.reason is None and c.subset in vero_subsets:
       c.reason = "vero_priority"

@@ -23,6 +23,18 @@ class RowError(ValueError):
   """One published row cannot be turned into an item; the message names the field."""
 
 
+class MissingMedia(RowError):
+  """A row's video file is not in the local copy (counted once per benchmark, not per row).
+
+  Attributes:
+    path: the file the row names, as published.
+  """
+
+  def __init__(self, path: str, message: str):
+    super().__init__(message)
+    self.path = path
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
   """One benchmark of the suite.
@@ -36,6 +48,9 @@ class Benchmark:
     adapter: ``(row, root) -> EvalItem | None``; None skips a row by design (counted).
     config: sub-directory of a multi-config release, used when present under the data directory.
     directory: the data sub-directory when it is not ``name`` (two benchmarks read one release).
+    settings: configs evaluated separately whose accuracies are averaged into the benchmark's
+      (MMMU-Pro: ``standard (10 options)`` and ``vision``); items are read from each config's
+      sub-directory, their uids prefixed with ``<setting>/``.
   """
   name: str
   title: str
@@ -45,6 +60,7 @@ class Benchmark:
   adapter: Callable[[dict, pathlib.Path], EvalItem | None]
   config: str | None = None
   directory: str | None = None
+  settings: tuple[str, ...] = ()
 
   @property
   def data_name(self) -> str:
@@ -381,6 +397,8 @@ def _video(row, root, *names: str) -> Media:
       if (root / prefix / suffix).is_file():
         return Media(path=str(root / prefix / suffix))
   hits = sorted(root.rglob(parts[-1])) if root.is_dir() else []
+  if not hits:
+    raise MissingMedia(path, f"video {path!r}: 0 matching files under {root}")
   if len(hits) != 1:
     raise RowError(f"video {path!r}: {len(hits)} matching files under {root}")
   return Media(path=str(hits[0]))
@@ -439,6 +457,9 @@ def video_mmmu(row, root):
   return EvalItem(uid, question, answer, Mode.JUDGE, images=images, video=video)
 
 
+# MMMU-Pro's official number is the mean of these two settings (ZPPO_SPEC.md §8).
+MMMU_PRO_SETTINGS = ("standard (10 options)", "vision")
+
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("ai2d", "AI2D", "vlm", "lmms-lab/ai2d", "test", ai2d),
     Benchmark("babyvision", "BabyVision", "vlm", "UnipatAI/BabyVision", "train", babyvision),
@@ -452,8 +473,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               config="testmini"),
     Benchmark("mathvision", "MathVision", "vlm", "MathLLMs/MathVision", "test", mathvision),
     Benchmark("mathvista", "MathVista", "vlm", "AI4Math/MathVista", "testmini", mathvista),
-    Benchmark("mmmu_pro", "MMMU-Pro", "vlm", "MMMU/MMMU_Pro standard (10 options)", "test",
-              mmmu_pro, config="standard (10 options)"),
+    Benchmark("mmmu_pro", "MMMU-Pro", "vlm", "MMMU/MMMU_Pro standard (10 options) + vision",
+              "test", mmmu_pro, settings=MMMU_PRO_SETTINGS),
     Benchmark("mmvet", "MM-Vet", "vlm", "lmms-lab/MMVet", "test", mmvet),
     Benchmark("ocrbench_v2_en", "OCRBench-v2 EN", "vlm", "ling99/OCRBench_v2", "test",
               _ocrbench_v2("en"), directory="ocrbench_v2"),
@@ -464,8 +485,10 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("vlms_are_blind", "VLMs-are-Blind", "vlm", "XAI/vlmsareblind", "valid",
               vlms_are_blind),
     Benchmark("wemath", "WeMath", "vlm", "We-Math/We-Math testmini", "testmini", wemath),
-    Benchmark("aime25", "AIME25", "llm", "math-ai/aime25", "test",
-              _math_problem(("id",), ("problem",), ("answer",))),
+    # math-ai/aime25 (`test.jsonl`: id, problem, answer) or opencompass/AIME2025
+    # (`aime2025-I.jsonl`, `aime2025-II.jsonl`: question, answer), whichever copy is stored.
+    Benchmark("aime25", "AIME25", "llm", "math-ai/aime25 or opencompass/AIME2025", "test",
+              _math_problem(("id",), ("problem", "question"), ("answer",))),
     Benchmark("aime26", "AIME26", "llm", "MathArena/aime_2026", "train",
               _math_problem(("problem_idx",), ("problem",), ("answer",))),
     Benchmark("ceval", "C-Eval", "llm", "ceval/ceval-exam (all subjects)", "val", ceval),

@@ -22,8 +22,10 @@ def summarize(run_dir: os.PathLike) -> dict:
   """Per-benchmark and per-family results of a run directory.
 
   Returns:
-    ``{"benchmarks": {name: {title, family, accuracy, scored, items, complete, paths, skipped}},
-    "families": {family: {accuracy, benchmarks, expected}}}``; accuracy in percent.
+    ``{"benchmarks": {name: {title, family, accuracy, scored, items, complete, paths, skipped
+    [, settings]}}, "families": {family: {accuracy, benchmarks, expected}}}``; accuracy in
+    percent. A benchmark with settings (MMMU-Pro) has each setting's accuracy in ``settings``
+    and their mean as ``accuracy``.
   """
   samples = pathlib.Path(run_dir) / "samples"
   if not samples.is_dir():
@@ -44,6 +46,13 @@ def summarize(run_dir: os.PathLike) -> dict:
         "paths": dict(Counter(v.path for v in verdicts.values())),
         "skipped": meta.get("skipped", {}),
     }
+    if bench.settings:   # the official number: the mean over the settings, each also shown
+      by_setting = {s: [v.score for uid, v in verdicts.items() if uid.startswith(s + "/")]
+                    for s in bench.settings}
+      settings = {s: 100.0 * float(np.mean(v)) for s, v in by_setting.items() if v}
+      benchmarks[name]["settings"] = settings
+      benchmarks[name]["accuracy"] = float(np.mean(list(settings.values())))
+      benchmarks[name]["complete"] &= len(settings) == len(bench.settings)
   families = {}
   for family in FAMILIES:
     members = [b for b in benchmarks.values() if b["family"] == family]
@@ -63,6 +72,8 @@ def markdown(summary: dict) -> str:
     flag = "" if b["complete"] else " (incomplete)"
     lines.append(f"| {b['title']} | {FAMILY_TITLES[b['family']]} | {b['accuracy']:.1f}{flag} | "
                  f"{b['scored']} / {b['items']} | {judged} |")
+    for setting, accuracy in b.get("settings", {}).items():
+      lines.append(f"| {b['title']}: {setting} | | {accuracy:.1f} | | |")
   lines += ["", "| Family | Average | Benchmarks |", "|---|---:|---:|"]
   for family, f in summary["families"].items():
     partial = "" if f["benchmarks"] == f["expected"] else " (partial)"

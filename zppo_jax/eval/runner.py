@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from zppo_jax.eval import loaders
-from zppo_jax.eval.benchmarks import Benchmark, RowError
+from zppo_jax.eval.benchmarks import Benchmark, MissingMedia, RowError
 from zppo_jax.eval.items import EvalItem, EvalPrompt, Verdict
 from zppo_jax.eval.prompts import build_prompt
 from zppo_jax.eval.scoring import Scorer
@@ -97,27 +97,51 @@ def load_items(bench: Benchmark, data_dir: os.PathLike, limit: int | None = None
 
   Rows the adapter drops by design count as ``excluded``; rows it cannot read count as ``bad_row``
   (the first ``max_errors`` messages name the row); repeated uids count as ``duplicate_uid``.
+  Rows whose video file is not stored count as ``missing_video``, with one message naming the
+  first missing file and the count. A benchmark with ``settings`` reads each setting's config
+  sub-directory (it must exist) and prefixes each uid with ``<setting>/``.
   """
   root = pathlib.Path(data_dir) / bench.data_name
-  rows_root = root / bench.config if bench.config and (root / bench.config).is_dir() else root
-  items, seen, skipped, errors = [], set(), Counter(), []
-  for n, row in enumerate(loaders.load_rows(rows_root, bench.split)):
-    try:
-      item = bench.adapter(row, root)  # Media paths are relative to the release's root.
-    except (RowError, KeyError, TypeError, ValueError) as e:
-      skipped["bad_row"] += 1
-      if len(errors) < max_errors:
-        errors.append(f"{bench.name}: {row.get('_file')} row {n}: {e}")
-      continue
-    if item is None:
-      skipped["excluded"] += 1
-    elif item.uid in seen:
-      skipped["duplicate_uid"] += 1
-    else:
-      seen.add(item.uid)
-      items.append(item)
-    if limit is not None and len(items) >= limit:
-      break
+  if bench.settings:
+    parts = []
+    for setting in bench.settings:
+      if not (root / setting).is_dir():
+        raise loaders.DataError(f"{bench.name}: setting {setting!r} not found: {root / setting} "
+                                f"(the score is the mean of {', '.join(bench.settings)})")
+      parts.append((setting + "/", root / setting))
+  else:
+    parts = [("", root / bench.config if bench.config and (root / bench.config).is_dir()
+              else root)]
+  items, seen, skipped, errors, missing = [], set(), Counter(), [], []
+  for prefix, rows_root in parts:
+    for n, row in enumerate(loaders.load_rows(rows_root, bench.split)):
+      try:
+        item = bench.adapter(row, root)  # Media paths are relative to the release's root.
+      except MissingMedia as e:
+        skipped["missing_video"] += 1
+        missing.append(e.path)
+        continue
+      except (RowError, KeyError, TypeError, ValueError) as e:
+        skipped["bad_row"] += 1
+        if len(errors) < max_errors:
+          errors.append(f"{bench.name}: {row.get('_file')} row {n}: {e}")
+        continue
+      if item is None:
+        skipped["excluded"] += 1
+        continue
+      if prefix:
+        item = dataclasses.replace(item, uid=prefix + item.uid,
+                                   meta={**item.meta, "setting": prefix[:-1]})
+      if item.uid in seen:
+        skipped["duplicate_uid"] += 1
+      else:
+        seen.add(item.uid)
+        items.append(item)
+      if limit is not None and len(items) >= limit:
+        break
+  if missing:
+    errors.insert(0, f"{bench.name}: {len(missing)} rows skipped: their video files are not "
+                     f"under {root} (first missing: {missing[0]!r})")
   return LoadedBenchmark(items, skipped, errors)
 
 

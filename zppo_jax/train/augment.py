@@ -45,13 +45,15 @@ def record_prompt(tokenizer, record: dict, vision=None) -> list[int]:
     ValueError: naming the record, when it has images and the model has none, or an image is
       unusable (records loaded with `load_prompts(..., vision=)` had those rejected already).
   """
+  if "prompt" in record:   # made by the data pipeline (`data.train_data`)
+    return record["prompt"]
   return prompt_ids(tokenizer, record["question"], record.get("images") or (), vision,
                     record["id"])
 
 
 def strip_record(record: dict) -> dict:
   """The question as the buffer stores it: everything but the tokenised prompt."""
-  return {k: v for k, v in record.items() if k != "prompt_ids"}
+  return {k: v for k, v in record.items() if k not in ("prompt_ids", "prompt")}
 
 
 def make_buffer(config) -> ReplayBuffer:

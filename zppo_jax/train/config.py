@@ -56,16 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
 
   c.data = ml_collections.ConfigDict()
-  c.data.train_path = ""          # JSONL or Parquet prompt records (id, question, answer).
+  # A builder's output directory (`zppo data build-zppo77k` / `build`), or a JSONL or Parquet
+  # prompt file (id, question, answer, images), built into the same shards under the workdir.
+  c.data.train_path = ""
   c.data.eval_path = ""           # held-out prompt records for before/after accuracy.
   c.data.tokenizer = ""           # HF tokenizer directory (defaults to the student checkpoint).
   c.data.max_prompt_tokens = 4096
   c.data.shuffle = True
   c.data.num_epochs = 0           # 0 = repeat forever.
+  c.data.num_workers = 0          # Grain processes decoding and tokenising prompts (0: threads)
   # Images of multimodal records (`images`: paths), for a student with a vision tower.
   c.data.image_min_pixels = 256 * 32 * 32   # the paper's pixel budget after resizing
   c.data.image_max_pixels = 1280 * 32 * 32
-  c.data.min_image_side = 32      # images with a smaller side are rejected (rejects.jsonl)
+  c.data.min_image_side = 32      # records with a smaller image are skipped and counted
 
   c.rl = ml_collections.ConfigDict()
   c.rl.batch_prompts = 384        # |X_new|
@@ -207,7 +210,8 @@ def paper_config(size: str) -> ml_collections.ConfigDict:
   c.name = f"qwen3_5_{size.lower().replace('.', '_')}_zppo"
   c.student.checkpoint = f"Qwen/Qwen3.5-{size}"
   c.teacher.checkpoint = PAPER_TEACHER
-  c.data.train_path = "data/zppo77k/train.parquet"
+  c.data.train_path = "data/zppo77k"   # the output of `zppo data build-zppo77k --out data/zppo77k`
+  c.data.num_workers = 8
   return c
 
 

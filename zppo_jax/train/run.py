@@ -90,7 +90,8 @@ class _Graded:
 
 def build_trainer(config, workdir: pathlib.Path, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
-  from zppo_jax.data.prompts import PromptIterator, load_prompts
+  from zppo_jax.data import train_data
+  from zppo_jax.data.prompts import load_prompts
   from zppo_jax.sampling import SamplingParams
   from zppo_jax.train import augment
   from zppo_jax.train.config import method_flags
@@ -102,7 +103,8 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   if not config.student.checkpoint:
     raise ValueError("config.student.checkpoint is empty: set it to an HF checkpoint directory")
   if not config.data.train_path:
-    raise ValueError("config.data.train_path is empty: set it to a JSONL or Parquet file")
+    raise ValueError("config.data.train_path is empty: set it to a builder output directory "
+                     "(zppo data build-zppo77k / build) or a JSONL or Parquet file")
   tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
@@ -123,19 +125,8 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
                               top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                               stop_token_ids=stop_ids)
     teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
-  prompts = load_prompts(config.data.train_path, tokenizer, augment.user_text,
-                         max_prompt_tokens=config.data.max_prompt_tokens,
-                         rejects_path=workdir / "rejects.jsonl" if distributed.is_main() else None,
-                         vision=student.vision)
-  if prompts.rejects:
-    print(f"data: skipped {sum(prompts.rejects.values())} rows "
-          f"({dict(sorted(prompts.rejects.items()))}); see {workdir / 'rejects.jsonl'}",
-          file=stream)
-  # Every process iterates the same seeded global order (prompt records are small), so a step's
-  # batch is `rl.batch_prompts` prompts whatever the process count; the processes split the work
-  # on it (rollout rows over their devices, grading by blocks, the buffer by owner).
-  iterator = PromptIterator(prompts.records, config.rl.batch_prompts, seed=config.seed,
-                            shuffle=config.data.shuffle, num_epochs=config.data.num_epochs)
+  iterator = train_data.open_train_data(config, tokenizer, augment.user_text,
+                                        vision=student.vision, workdir=workdir, stream=stream)
   eval_records = []
   if config.data.eval_path:
     eval_records = load_prompts(config.data.eval_path, tokenizer, augment.user_text,
@@ -145,7 +136,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   trainer = Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tokenizer,
                     prompts=iterator, grader=grader, stop_ids=stop_ids,
                     eval_records=eval_records, stream=stream)
-  trainer.rejects = dict(prompts.rejects)
+  trainer.rejects = iterator.rejects
   return trainer, grader.close
 
 

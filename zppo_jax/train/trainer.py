@@ -78,7 +78,7 @@ class Trainer:
     student: the learner.
     teacher: the frozen teacher's sampler, or None for methods that never ask it.
     tokenizer: the HF tokenizer shared by student and teacher.
-    prompts: a `PromptIterator` over the training records.
+    prompts: the step batches of prompt records (`data.train_data.TrainData`).
     grader: rewards a list of (response, record) pairs: `grader(responses, records) -> list[float]`.
     stop_ids: token ids that end a response (dropped before decoding).
     eval_records: held-out questions for the before/after accuracy (may be empty).
@@ -131,9 +131,12 @@ class Trainer:
       replay = distributed.draw_replay(self.buffer.records(),
                                        int(round(rl.replay_ratio * rl.batch_prompts)),
                                        (cfg.seed, step))
+    # A fresh record brings its prompt from the data pipeline; a replayed one is encoded here.
+    plain_prompts = [augment.record_prompt(self.tokenizer, r, self.vision)
+                     for r in [*new, *replay]]
     records = [augment.strip_record(r) for r in new] + [dict(r) for r in replay]
-    plain = self._rollouts([(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision), 0)
-                            for r in records], self._seed(step, 2), times)
+    plain = self._rollouts([(r, "plain", p, 0) for r, p in zip(records, plain_prompts)],
+                           self._seed(step, 2), times)
     metrics: dict[str, float] = {"batch/new": len(new), "batch/replay": len(replay)}
     accuracy = {g.qid: g.accuracy for g in plain}
     hard = [g for g in plain if g.accuracy < rl.tau]
