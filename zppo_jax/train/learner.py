@@ -170,15 +170,18 @@ class Learner:
     cfg: `LearnerConfig`.
     mesh: device mesh; None runs unsharded on the default device.
     rules: logical-axis rule set used under the mesh (default `parallel.TRAIN_RULES`).
+    tx: the optimizer; None = `cfg.optimizer()` (AdamW). Tests that compare parameters across
+      layouts pass plain SGD, whose update does not amplify reduction-order noise.
   """
 
   def __init__(self, model: nnx.Module, cfg: LearnerConfig, *, mesh=None,
-               rules: parallel.Rules = parallel.TRAIN_RULES):
+               rules: parallel.Rules = parallel.TRAIN_RULES,
+               tx: optax.GradientTransformation | None = None):
     self.cfg = cfg
     self.mesh = mesh
     self.rules = rules
     self.graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
-    self.tx = cfg.optimizer()
+    self.tx = cfg.optimizer() if tx is None else tx
     with self._context():
       state_sh = self._state_shardings(params)
       init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
