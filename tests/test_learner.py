@@ -42,7 +42,8 @@ def tiny_model(seed=0):
   return Qwen3_5ForCausalLM(config_lib.tiny(), rngs=nnx.Rngs(seed))
 
 
-MICRO_CFG = dict(num_updates=2, micro_batch_rows=2, learning_rate=1e-3)
+UPDATES = 2
+MICRO_CFG = dict(micro_batch_rows=2, learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,17 @@ def sgd():
   return optax.sgd(0.1)
 
 
-def run_updates(lrn, batch):
-  """`lrn.train_step(batch)`: one rollout step's updates, metrics per update."""
-  return lrn.train_step(batch)
+def run_updates(lrn, batch, num_updates=UPDATES):
+  """One rollout step as the student runs it: the rows split into `num_updates` mini-batches,
+  every mini-batch's old log-probs first, then one update each; metrics per update."""
+  size = batch["tokens"].shape[0] // num_updates
+  minibatches = [{k: v[:, i * size:(i + 1) * size] if k == "positions" else
+                  v[i * size:(i + 1) * size] for k, v in batch.items()}
+                 for i in range(num_updates)]
+  for minibatch in minibatches:
+    minibatch["old_logprobs"] = lrn.old_logprobs(minibatch)
+  metrics = [lrn.update(minibatch) for minibatch in minibatches]
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +96,7 @@ def trained(packed):
   batch = packed[0].arrays()
   lrn = learner_lib.Learner(tiny_model(), learner_lib.LearnerConfig(**MICRO_CFG))
   before = np.asarray(lrn.logprobs(batch))
-  metrics = lrn.train_step(batch)
+  metrics = run_updates(lrn, batch)
   return dict(learner=lrn, before=before, after=np.asarray(lrn.logprobs(batch)), metrics=metrics,
               params=[np.asarray(x) for x in jax.tree.leaves(lrn.state.params)])
 
@@ -129,7 +138,7 @@ def test_non_finite_step_is_skipped(trained, packed):
   params = jax.tree.map(np.asarray, lrn.state.params)
   opt = jax.tree.map(np.asarray, lrn.state.opt_state)
   step, skipped = int(lrn.state.step), int(lrn.state.skipped)
-  metrics = lrn.train_step(batch)
+  metrics = run_updates(lrn, batch)
   assert [m["skipped"] for m in metrics] == [1.0, 1.0]
   assert int(lrn.state.skipped) == skipped + 2 and int(lrn.state.step) == step
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lrn.state.params)):
@@ -146,9 +155,9 @@ def test_distill_step_loss_is_full_vocabulary_jsd_and_decreases(packed, hidden_f
   want = losses.jsd_loss(student.logits(hidden_fn(student, batch)), teacher.logits(t_hidden),
                          jnp.asarray(batch["loss_mask"]))
   lrn = learner_lib.Learner(student, learner_lib.LearnerConfig(learning_rate=1e-3))
-  first = lrn.distill_step(batch, teacher.lm_head_kernel())
+  first = lrn.distill_update(batch, teacher.lm_head_kernel())
   np.testing.assert_allclose(first["loss"], want, atol=1e-5, rtol=1e-5)
-  second = lrn.distill_step(batch, teacher.lm_head_kernel())
+  second = lrn.distill_update(batch, teacher.lm_head_kernel())
   assert second["loss"] < first["loss"]
 
 

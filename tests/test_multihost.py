@@ -57,10 +57,15 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   # Old log-probs from the "sampler" (given): one compiled program, the update. Plain SGD, so the
   # compared parameters are well conditioned (Adam turns reduction-order noise in a near-zero
   # gradient into a full-size step).
-  learner = Learner(model, LearnerConfig(num_updates=UPDATES, old_logprobs="sampler"), mesh=mesh,
-                    tx=optax.sgd(0.1))
+  learner = Learner(model, LearnerConfig(old_logprobs="sampler"), mesh=mesh, tx=optax.sgd(0.1))
   batch = _batch()
-  metrics = learner.train_step(batch) + learner.train_step(batch)
+  size = ROWS // UPDATES
+  minibatches = [{k: v[:, i * size:(i + 1) * size] if k == "positions" else
+                  v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(UPDATES)]
+  for minibatch in minibatches:
+    minibatch["old_logprobs"] = learner.old_logprobs(minibatch)
+  metrics = [{k: float(v) for k, v in learner.update(minibatch).items()}
+             for minibatch in minibatches * 2]
   host = {f"m{i}_{k}": np.float64(v) for i, m in enumerate(metrics) for k, v in m.items()}
   # Host-side reductions: each process contributes its own share.
   share = list(range(10))[distributed.block(10)]

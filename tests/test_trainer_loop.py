@@ -114,9 +114,9 @@ def test_every_method_runs_and_logs(assets, tmp_path, method):
     assert r["batch/new"] == trainer.config.rl.batch_prompts
     assert all(k.startswith("time_") or not isinstance(v, float) or np.isfinite(v)
                for k, v in r.items())
-    if not flags["bcq"]:
+    if not flags.bcq:
       assert r.get("reform/bcq", 0) == 0
-    if not (flags["replay"] or (flags["distill"] and trainer.config.rl.distill_with_buffer)):
+    if not (flags.replay or (flags.distill and trainer.config.rl.distill_with_buffer)):
       assert r["batch/replay"] == 0
   assert summary["step"] == 2
   assert "eval_before" in summary and "eval_after" in summary

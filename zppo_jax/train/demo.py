@@ -23,7 +23,7 @@ import random
 import sys
 import time
 
-from zppo_jax.data import demo_task, demo_tokenizer
+from zppo_jax.data import demo_task, demo_tokenizer, packing
 from zppo_jax.zppo import templates
 
 
@@ -159,7 +159,7 @@ def _build(config, root: pathlib.Path, stream) -> None:
   if demo.visual:
     tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
     tokenizer.save_pretrained(str(root / "tokenizer"))
-  vocab = 1 << (len(tokenizer) - 1).bit_length()
+  vocab = packing.bucket(len(tokenizer))
   stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
   row_len = int(demo.sft_row_len)
   for role, pairs, steps in (("student", student_pairs, demo.student_sft_steps),

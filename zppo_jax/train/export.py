@@ -31,7 +31,7 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   model = run.load_model(config.student.checkpoint, config.student.compute_dtype,
                          config.student.param_dtype)
   text = text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
-  learner = Learner(text, learner_config(config, config.rl.inner_updates))
+  learner = Learner(text, learner_config(config))
   restored = RunCheckpointer(workdir, keep=config.keep_checkpoints, async_save=False).restore(
       learner.state)
   if restored is None:

@@ -1,15 +1,17 @@
 """The learner: jitted policy-gradient and distillation updates of the student.
 
-One rollout step (Algorithm 1, step 9) arrives as packed rows (`zppo_jax.data.packing`). The learner
+One rollout step (Algorithm 1, step 9) arrives as I packed mini-batches (`zppo_jax.data.packing`;
+rows hold whole sequences, so no rollout is used twice). The caller (`train.student.Student`)
 
-1. computes log π_old of every trained token once, with the parameters before any update (or takes
-   the sampler's log-probs, by `LearnerConfig.old_logprobs`);
-2. splits the rows into I equal, disjoint mini-batches (rows hold whole sequences, so no rollout is
-   used twice) and applies one AdamW update per mini-batch;
-3. inside each jitted update, accumulates gradients over micro-batches with `lax.scan`; the loss is
+1. asks `old_logprobs` for log π_old of every mini-batch's trained tokens, with the parameters
+   before any update (or takes the sampler's log-probs, by `LearnerConfig.old_logprobs`);
+2. calls `update` once per mini-batch: one AdamW update each.
+
+The learner
+1. inside each jitted update, accumulates gradients over micro-batches with `lax.scan`; the loss is
    a weighted token sum whose weights are computed over the whole mini-batch first, so accumulation
    is exact for every aggregation;
-4. skips (and counts) an update whose loss or gradient norm is not finite: parameters and optimizer
+2. skips (and counts) an update whose loss or gradient norm is not finite: parameters and optimizer
    state are returned unchanged.
 
 The model is split once into a static graphdef and a state; parameters and optimizer state live in a
@@ -48,7 +50,6 @@ class LearnerConfig:
   """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3).
 
   Attributes:
-    num_updates: I, disjoint mini-batches (= optimizer updates) per rollout step (4).
     micro_batch_rows: packed rows per gradient-accumulation micro-batch; None = the whole
       mini-batch in one pass.
     clip_low: ε_low, lower clip of the importance ratio (0.20).
@@ -76,7 +77,6 @@ class LearnerConfig:
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
     jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
   """
-  num_updates: int = 4
   micro_batch_rows: int | None = None
   clip_low: float = 0.2
   clip_high: float = 0.28
@@ -100,8 +100,6 @@ class LearnerConfig:
 
   def __post_init__(self):
     errors = []
-    if self.num_updates < 1:
-      errors.append(f"num_updates must be >= 1, got {self.num_updates}")
     if self.micro_batch_rows is not None and self.micro_batch_rows < 1:
       errors.append(f"micro_batch_rows must be >= 1 or None, got {self.micro_batch_rows}")
     if self.loss_agg not in losses.AGGREGATIONS:
@@ -223,7 +221,7 @@ class Learner:
 
   def lower_update(self, batch: Batch):
     """The jitted policy update lowered for `self.state` and `batch` (arrays or
-    `jax.ShapeDtypeStruct`s of `train_step`'s rows, placed as `train_step` places them)."""
+    `jax.ShapeDtypeStruct`s of `update`'s rows, placed as `update` places them)."""
     with self._context():
       return self._update.lower(self.state, batch)
 
@@ -394,36 +392,30 @@ class Learner:
     with self._context():
       return self._logprobs(self.state.params, self._put({k: batch[k] for k in keys}))
 
-  def train_step(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-    """One rollout step: old log-probs once, then I updates on disjoint row blocks.
+  def old_logprobs(self, minibatch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """log π_old float32[R, T] of a mini-batch: recomputed with the current parameters (call it
+    for every mini-batch of a step before the first `update`) or the sampler's."""
+    if self.cfg.old_logprobs == "recompute":
+      return np.asarray(self.logprobs(minibatch))
+    return minibatch["sampler_logprobs"]
+
+  def update(self, minibatch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """One AdamW update on the policy loss of one mini-batch (skipped when not finite).
 
     Args:
-      batch: packed arrays (`PackedBatch.arrays()` plus optionally `ref_logprobs`) with R rows,
-        R divisible by `num_updates` (× `micro_batch_rows`).
+      minibatch: packed arrays (`PackedBatch.arrays()` plus `old_logprobs` and optionally
+        `ref_logprobs`) with R rows, R divisible by `micro_batch_rows`.
 
     Returns:
-      One metrics dict per update (loss, grad_norm, skipped, clip fractions, entropy, ...).
+      The update's metrics as device scalars (loss, grad_norm, skipped, clip fractions, entropy,
+      ...); `jax.device_get` them after the step's last update.
     """
-    batch = dict(batch)
-    rows, n = batch["tokens"].shape[0], self.cfg.num_updates
-    if rows % n:
-      raise ValueError(f"{rows} rows cannot be split into num_updates={n} equal mini-batches")
-    if self.cfg.old_logprobs == "recompute":
-      batch["old_logprobs"] = np.asarray(self.logprobs(batch))
-    else:
-      batch["old_logprobs"] = batch["sampler_logprobs"]
-    size = rows // n
-    out = []
     with self._context():
-      for i in range(n):
-        mini = {k: (v[:, i * size:(i + 1) * size] if k == "positions" else
-                    v[i * size:(i + 1) * size]) for k, v in batch.items()}
-        self.state, metrics = self._update(self.state, self._put(mini))
-        out.append(metrics)
-    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(out)]
+      self.state, metrics = self._update(self.state, self._put(minibatch))
+    return metrics
 
-  def distill_step(self, batch: Mapping[str, np.ndarray], teacher_kernel: jax.Array
-                   ) -> dict[str, float]:
+  def distill_update(self, batch: Mapping[str, np.ndarray], teacher_kernel: jax.Array
+                     ) -> dict[str, float]:
     """One JSD update on the given tokens (Off/On-Distill: a single update per step).
 
     Args:

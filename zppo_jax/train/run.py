@@ -114,8 +114,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   student = Student(model, config, stop_ids, mesh=student_mesh)
   flags = method_flags(config)
   teacher = None
-  if config.teacher.checkpoint and (flags["bcq"] or flags["hint"] or flags["prefix"]
-                                    or flags["distill"] or flags["ncq"]):
+  if config.teacher.checkpoint and (flags.reformulates or flags.distill):
     teacher_mesh = make_mesh_for(teacher_devices)
     teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
                                config.teacher.param_dtype, mesh=teacher_mesh)
@@ -185,7 +184,7 @@ def main(argv: list[str]) -> int:
   workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr
-  if config.demo.enabled:
+  if "demo" in config:   # The demo config (configs/demo.py) builds its models and data.
     from zppo_jax.train import demo
     if distributed.is_main():   # Builds the cache once; the other processes then find it.
       demo.prepare(config, stream=stream)

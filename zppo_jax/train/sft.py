@@ -26,10 +26,6 @@ from zppo_jax.rl import logprobs as logprobs_lib
 from zppo_jax.train import optim
 
 
-def _bucket(n: int) -> int:
-  return 1 << (max(n, 1) - 1).bit_length()
-
-
 @functools.lru_cache(maxsize=None)
 def _optimizer_and_step(learning_rate: float, weight_decay: float):
   """One optimizer and jitted step per setting, so models of one shape share the compile."""
@@ -79,7 +75,7 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
   longest = max(len(p) + len(r) for p, r in examples)
   if longest > row_len:
     raise ValueError(f"an SFT example has {longest} tokens, more than row_len={row_len}")
-  rows = _bucket(-(-batch_size // max(row_len // longest, 1)))
+  rows = packing.bucket(-(-batch_size // max(row_len // longest, 1)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, sft_step = _optimizer_and_step(float(learning_rate), float(weight_decay))
   opt_state = tx.init(params)
