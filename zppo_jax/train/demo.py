@@ -127,7 +127,7 @@ def prepare(config, stream=None) -> pathlib.Path:
 def _build(config, root: pathlib.Path, stream) -> None:
   from flax import nnx
   from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
-  from zppo_jax.train import run, sft
+  from zppo_jax.train import model_io, sft
 
   demo = config.demo
   root.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def _build(config, root: pathlib.Path, stream) -> None:
                   seed=config.seed, row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
     if demo.visual:
       model = _with_vision_tower(config, model, tokenizer, seed=config.seed + 2)
-    run.save_model(model, root / role, tokenizer)
+    model_io.save_model(model, root / role, tokenizer)
 
 
 def _with_vision_tower(config, language_model, tokenizer, seed: int):

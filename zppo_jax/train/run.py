@@ -19,6 +19,8 @@ import sys
 
 from zppo_jax import distributed
 from zppo_jax.train.config import parse_args
+# save_model is re-exported for callers of `run.save_model` from before `model_io`.
+from zppo_jax.train.model_io import load_model, load_tokenizer, save_model  # noqa: F401
 
 DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
@@ -29,29 +31,6 @@ def enable_compilation_cache(path: str) -> None:
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def load_tokenizer(path: str):
-  import transformers  # Heavy; only when a run is built.
-  return transformers.AutoTokenizer.from_pretrained(path)
-
-
-def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None):
-  """A Qwen3.5 HF checkpoint directory as our text model."""
-  import jax.numpy as jnp
-  from zppo_jax.models.qwen3_5.checkpoint import load_pretrained
-  return load_pretrained(path, dtype=jnp.dtype(dtype),
-                         param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
-
-
-def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
-  """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
-  from zppo_jax.models.qwen3_5.checkpoint import save_pretrained
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  save_pretrained(model, str(out_dir))
-  if tokenizer is not None:
-    tokenizer.save_pretrained(str(out_dir))
 
 
 def make_grader(config, teacher=None, tokenizer=None):
