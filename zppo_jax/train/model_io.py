@@ -13,14 +13,14 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None):
   """A Qwen3.5 HF checkpoint directory as our text model."""
   import jax.numpy as jnp
-  from zppo_jax.models.qwen3_5.checkpoint import load_pretrained
+  from zppo_jax.models.qwen3_5.pretrained import load_pretrained
   return load_pretrained(path, dtype=jnp.dtype(dtype),
                          param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
 
 
 def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
   """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
-  from zppo_jax.models.qwen3_5.checkpoint import save_pretrained
+  from zppo_jax.models.qwen3_5.pretrained import save_pretrained
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   save_pretrained(model, str(out_dir))
