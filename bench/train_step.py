@@ -90,9 +90,9 @@ def main():
   n_params = qwen3_5.parameter_count(ours)
   lcfg = learner_lib.LearnerConfig(old_logprobs="sampler", token_chunk=args.token_chunk)
   learner = learner_lib.Learner(ours, lcfg)
-  optimizer = torch.optim.AdamW(reference.parameters(), lr=lcfg.learning_rate,
-                                betas=(lcfg.adam_b1, lcfg.adam_b2), eps=lcfg.adam_eps,
-                                weight_decay=lcfg.weight_decay)
+  opt = lcfg.optim
+  optimizer = torch.optim.AdamW(reference.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2),
+                                eps=opt.eps, weight_decay=opt.weight_decay)
   ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.length))
   batch = make_batch(ids)
 
@@ -104,7 +104,7 @@ def main():
     optimizer.zero_grad(set_to_none=True)
     loss = torch_policy_loss(reference, batch)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(reference.parameters(), lcfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), lcfg.optim.clip_norm)
     optimizer.step()
     return loss.item()
 

@@ -43,7 +43,7 @@ def tiny_model(seed=0):
 
 
 UPDATES = 2
-MICRO_CFG = dict(micro_batch_rows=2, learning_rate=1e-3)
+MICRO_CFG = dict(micro_batch_rows=2, optim=optim.OptimConfig(lr=1e-3))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_distill_step_loss_is_full_vocabulary_jsd_and_decreases(packed, hidden_f
   batch["teacher_hidden"] = np.asarray(t_hidden)
   want = losses.jsd_loss(student.logits(hidden_fn(student, batch)), teacher.logits(t_hidden),
                          jnp.asarray(batch["loss_mask"]))
-  lrn = learner_lib.Learner(student, learner_lib.LearnerConfig(learning_rate=1e-3))
+  lrn = learner_lib.Learner(student, learner_lib.LearnerConfig(optim=optim.OptimConfig(lr=1e-3)))
   first = lrn.distill_update(batch, teacher.lm_head_kernel())
   np.testing.assert_allclose(first["loss"], want, atol=1e-5, rtol=1e-5)
   second = lrn.distill_update(batch, teacher.lm_head_kernel())
@@ -211,7 +211,7 @@ assert len(jax.devices()) == 8, jax.devices()
 batch = t.make_batch()[0].arrays()
 # No micro-batching here (the unsharded reference accumulates over 2), so the comparison also
 # checks that gradient accumulation is exact.
-cfg = learner_lib.LearnerConfig(**dict(t.MICRO_CFG, micro_batch_rows=None))
+cfg = learner_lib.LearnerConfig(**dict(t.MICRO_CFG, micro_batch_rows=0))
 mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
 adam = learner_lib.Learner(t.tiny_model(), cfg, mesh=mesh)
 kernel = adam.state.params["layers"][0]["mlp"]["gate_proj"]["kernel"].get_value()

@@ -107,7 +107,7 @@ def test_learner_logprobs_of_image_rollouts_equal_the_samplers(models):
                        prompt_positions=[None if x is None else x[0] for x in inputs],
                        prompt_features=[None if x is None else x[1:] for x in inputs])
   assert batch.vision_embeds is not None and batch.vision_mask.sum() == 2 * (4 + 2 + 1)
-  learner = Learner(ours.language_model, LearnerConfig(num_updates=1))
+  learner = Learner(ours.language_model, LearnerConfig())
   got = packing.unpack(np.asarray(learner.logprobs(batch.arrays())), batch.placements)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)

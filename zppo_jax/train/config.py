@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.loss_agg = "token_mean"
   c.rl.kl_coef = 0.0
   c.rl.kl_estimator = "k3"
+  c.rl.policy_loss = "ppo"         # by name in rl.losses.POLICY_LOSSES
   c.rl.cache_teacher_rollouts = False
   c.rl.compress = True
   c.rl.compress_max_tokens = 512

@@ -19,8 +19,7 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   from zppo_jax.models.qwen3_5.multimodal import text_decoder
   from zppo_jax.train import model_io
   from zppo_jax.train.checkpointing import RunCheckpointer
-  from zppo_jax.train.learner import Learner
-  from zppo_jax.train.student import learner_config
+  from zppo_jax.train.learner import Learner, LearnerConfig
 
   stream = stream or sys.stderr
   workdir = pathlib.Path(workdir)
@@ -31,7 +30,7 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   model = model_io.load_model(config.student.checkpoint, config.student.compute_dtype,
                          config.student.param_dtype)
   text = text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
-  learner = Learner(text, learner_config(config))
+  learner = Learner(text, LearnerConfig.from_config(config))
   restored = RunCheckpointer(workdir, keep=config.keep_checkpoints, async_save=False).restore(
       learner.state)
   if restored is None:

@@ -45,83 +45,79 @@ OLD_LOGPROB_SOURCES = ("recompute", "sampler")
 _SUMMED_METRICS = ("pg_loss",)
 
 
+# The run config's `rl` fields the learner takes, under the same names.
+RL_FIELDS = ("micro_batch_rows", "clip_low", "clip_high", "dual_clip", "loss_agg", "kl_coef",
+             "kl_estimator", "jsd_beta", "policy_loss")
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-  """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3).
+  """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3). The fields shared
+  with the run config keep its names (`LearnerConfig.from_config`).
 
   Attributes:
-    micro_batch_rows: packed rows per gradient-accumulation micro-batch; None = the whole
+    micro_batch_rows: packed rows per gradient-accumulation micro-batch; 0 = the whole
       mini-batch in one pass.
     clip_low: ε_low, lower clip of the importance ratio (0.20).
     clip_high: ε_high, upper clip (clip-higher, 0.28).
-    dual_clip: c, dual-clip bound for negative advantages (10); None disables it.
+    dual_clip: c, dual-clip bound for negative advantages (10); 0 disables it.
     loss_agg: aggregation: "token_mean" (the paper's), "seq_mean_token_mean",
       "seq_mean_token_sum_norm" (Dr. GRPO; needs `max_response_len`).
-    max_response_len: the constant normaliser of "seq_mean_token_sum_norm".
     kl_coef: β_KL of the KL(π_θ ‖ π_ref) penalty (0: off; the batch must then hold `ref_logprobs`).
     kl_estimator: "k1", "k2" or "k3".
+    jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
+    policy_loss: the policy loss, by its name in `losses.POLICY_LOSSES` ("ppo").
+    max_response_len: the constant normaliser of "seq_mean_token_sum_norm".
     old_logprobs: "recompute" (log π_old from the learner's parameters before the first update) or
       "sampler" (the sampler's log-probs stand in for π_old).
     tis_cap: C of the truncated importance weight min(π_old / π_sampler, C) applied when old
       log-probs are recomputed; None disables it.
-    learning_rate: η, constant (1e-6, no warm-up).
-    adam_b1: β₁ (0.9).
-    adam_b2: β₂ (0.999).
-    adam_eps: ε (1e-8).
-    weight_decay: λ, decoupled (0.1).
-    max_grad_norm: global-norm clip (1.0).
-    opt_state_dtype: storage of the Adam moments, "float32" (default) or "bfloat16" (the
-      paper's setting; the one default here that differs from the paper, so that fp32 runs and
-      tests are exact).
     token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
-    jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
+    optim: the optimizer (`optim.OptimConfig`, the run config's `optim` group).
   """
-  micro_batch_rows: int | None = None
+  micro_batch_rows: int = 0
   clip_low: float = 0.2
   clip_high: float = 0.28
-  dual_clip: float | None = 10.0
+  dual_clip: float = 10.0
   loss_agg: str = "token_mean"
-  max_response_len: int | None = None
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
+  jsd_beta: float = 0.5
+  policy_loss: str = "ppo"
+  max_response_len: int | None = None
   old_logprobs: str = "recompute"
   tis_cap: float | None = None
-  learning_rate: float = 1e-6
-  adam_b1: float = 0.9
-  adam_b2: float = 0.999
-  adam_eps: float = 1e-8
-  weight_decay: float = 0.1
-  max_grad_norm: float | None = 1.0
-  opt_state_dtype: str = "float32"
   token_chunk: int = 1024
   vocab_chunk: int | None = None
-  jsd_beta: float = 0.5
+  optim: optim.OptimConfig = optim.OptimConfig()
 
   def __post_init__(self):
     errors = []
-    if self.micro_batch_rows is not None and self.micro_batch_rows < 1:
-      errors.append(f"micro_batch_rows must be >= 1 or None, got {self.micro_batch_rows}")
+    if self.micro_batch_rows < 0:
+      errors.append(f"micro_batch_rows must be >= 0, got {self.micro_batch_rows}")
     if self.loss_agg not in losses.AGGREGATIONS:
       errors.append(f"loss_agg {self.loss_agg!r} not in {losses.AGGREGATIONS}")
     if self.loss_agg == "seq_mean_token_sum_norm" and not self.max_response_len:
       errors.append("loss_agg='seq_mean_token_sum_norm' needs max_response_len")
     if self.kl_estimator not in losses.KL_ESTIMATORS:
       errors.append(f"kl_estimator {self.kl_estimator!r} not in {sorted(losses.KL_ESTIMATORS)}")
+    if self.policy_loss not in losses.POLICY_LOSSES:
+      errors.append(f"policy_loss {self.policy_loss!r} not in {sorted(losses.POLICY_LOSSES)}")
     if self.old_logprobs not in OLD_LOGPROB_SOURCES:
       errors.append(f"old_logprobs {self.old_logprobs!r} not in {OLD_LOGPROB_SOURCES}")
-    if self.opt_state_dtype not in optim.STATE_DTYPES:
-      errors.append(f"opt_state_dtype {self.opt_state_dtype!r} not in {sorted(optim.STATE_DTYPES)}")
     if not 0.0 < self.jsd_beta < 1.0:
       errors.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
     if errors:
       raise ValueError("invalid LearnerConfig: " + "; ".join(errors))
 
-  def optimizer(self) -> optax.GradientTransformation:
-    return optim.make_optimizer(
-        self.learning_rate, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps,
-        weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-        state_dtype=self.opt_state_dtype)
+  @classmethod
+  def from_config(cls, config) -> LearnerConfig:
+    """The learner of a run config: its `rl` fields, its `optim` group, and the response budget
+    `sampling.max_new_tokens` as the Dr. GRPO normaliser."""
+    return cls(**{f: config.rl[f] for f in RL_FIELDS},
+               max_response_len=config.sampling.max_new_tokens,
+               optim=optim.OptimConfig(**config.optim))
 
 
 @flax.struct.dataclass
@@ -168,8 +164,8 @@ class Learner:
     cfg: `LearnerConfig`.
     mesh: device mesh; None runs unsharded on the default device.
     rules: logical-axis rule set used under the mesh (default `parallel.TRAIN_RULES`).
-    tx: the optimizer; None = `cfg.optimizer()` (AdamW). Tests that compare parameters across
-      layouts pass plain SGD, whose update does not amplify reduction-order noise.
+    tx: the optimizer; None = `cfg.optim.optimizer()` (AdamW). Tests that compare parameters
+      across layouts pass plain SGD, whose update does not amplify reduction-order noise.
   """
 
   def __init__(self, model: nnx.Module, cfg: LearnerConfig, *, mesh=None,
@@ -179,7 +175,7 @@ class Learner:
     self.mesh = mesh
     self.rules = rules
     self.graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
-    self.tx = cfg.optimizer() if tx is None else tx
+    self.tx = cfg.optim.optimizer() if tx is None else tx
     with self._context():
       state_sh = self._state_shardings(params)
       init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
@@ -207,7 +203,7 @@ class Learner:
     learner = cls.__new__(cls)
     learner.cfg, learner.mesh, learner.rules = cfg, mesh, rules
     learner.graphdef, params, learner._rest = nnx.split(model, nnx.Param, ...)
-    learner.tx = cfg.optimizer()
+    learner.tx = cfg.optim.optimizer()
     with learner._context():
       state_sh = learner._state_shardings(params)
       state = jax.eval_shape(lambda p: TrainState(p, learner.tx.init(p), jnp.zeros([], jnp.int32),
@@ -344,12 +340,13 @@ class Learner:
     weights = losses.token_weights(batch["loss_mask"], cfg.loss_agg,
                                    segment_ids=batch["segment_ids"], max_len=cfg.max_response_len)
     micro = self._micro_batches(dict(batch, weights=weights))
+    policy_loss = losses.get_policy_loss(cfg.policy_loss)
 
     def loss_fn(params, mb):
       lp, ent = self._token_logprobs(params, mb)
-      loss, metrics = losses.policy_loss(
+      loss, metrics = policy_loss(
           lp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], clip_low=cfg.clip_low,
-          clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, weights=mb["weights"],
+          clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None, weights=mb["weights"],
           ref_logprobs=mb.get("ref_logprobs"), kl_coef=cfg.kl_coef,
           kl_estimator=cfg.kl_estimator, sampler_logprobs=mb.get("sampler_logprobs"),
           tis_cap=cfg.tis_cap if cfg.old_logprobs == "recompute" else None)

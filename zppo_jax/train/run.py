@@ -12,15 +12,13 @@ environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
 
 from zppo_jax import distributed
 from zppo_jax.train.config import parse_args
-# save_model is re-exported for callers of `run.save_model` from before `model_io`.
-from zppo_jax.train.model_io import load_model, load_tokenizer, save_model  # noqa: F401
+from zppo_jax.train.model_io import load_model, load_tokenizer
 
 DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
@@ -74,7 +72,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   from zppo_jax.train import augment
   from zppo_jax.train.config import method_flags
   from zppo_jax.train.student import Student
-  from zppo_jax.train.teacher import Teacher, make_mesh_for, split_devices
+  from zppo_jax.train.teacher import Teacher, make_mesh_for
   from zppo_jax.train.trainer import Trainer
 
   stream = stream or sys.stderr
@@ -85,8 +83,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
-  student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction,
-                                                              split_devices)
+  student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction)
   student_mesh = make_mesh_for(student_devices)
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
                      config.student.param_dtype, mesh=student_mesh)

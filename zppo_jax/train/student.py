@@ -27,18 +27,6 @@ from zppo_jax.train.groups import Completion
 from zppo_jax.train.learner import Learner, LearnerConfig
 
 
-def learner_config(config) -> LearnerConfig:
-  rl, opt = config.rl, config.optim
-  return LearnerConfig(
-      clip_low=rl.clip_low, clip_high=rl.clip_high,
-      dual_clip=rl.dual_clip or None, loss_agg=rl.loss_agg, kl_coef=rl.kl_coef,
-      kl_estimator=rl.kl_estimator, learning_rate=opt.lr, adam_b1=opt.b1, adam_b2=opt.b2,
-      adam_eps=opt.eps, weight_decay=opt.weight_decay, max_grad_norm=opt.clip_norm or None,
-      opt_state_dtype=opt.state_dtype, jsd_beta=rl.jsd_beta,
-      max_response_len=config.sampling.max_new_tokens,
-      micro_batch_rows=config.rl.micro_batch_rows or None)
-
-
 def vision_processor(model: Qwen3_5ForConditionalGeneration,
                      config=None) -> VisionProcessorConfig:
   """Image preprocessing for `model`'s vision tower with the run's pixel budget.
@@ -80,7 +68,7 @@ class Student:
                                    top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                                    stop_token_ids=tuple(stop_ids))
     self.mesh = mesh
-    self.learner = Learner(self.text_model, learner_config(config), mesh=mesh)
+    self.learner = Learner(self.text_model, LearnerConfig.from_config(config), mesh=mesh)
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zppo_jax.models.qwen3_5.vision_config import VisionConfig
+
 
 # HF key suffix (under `model.visual.`) -> (our parameter path, conversion). `{i}` is the block.
 HF_VISION_KEYS: tuple[tuple[str, str, str], ...] = (
