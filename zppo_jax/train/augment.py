@@ -18,18 +18,16 @@ import jax
 import numpy as np
 
 from zppo_jax.data import packing
+# The user turn of a plain prompt (format instructions stripped, RL closer appended): the same
+# function the data pipelines encode records with.
+from zppo_jax.data.generic_builder import default_user_text as user_text
 from zppo_jax.data.prompts import encode_prompt
 from zppo_jax.rl.advantages import compute_advantages
 from zppo_jax.train.config import MethodFlags
 from zppo_jax.train.groups import Group, RolloutSpec
-from zppo_jax.zppo import reformulate, templates
+from zppo_jax.zppo import reformulate
 from zppo_jax.zppo.diagnostics import step_diagnostics
 from zppo_jax.zppo.replay_buffer import ReplayBuffer
-
-def user_text(question: str) -> str:
-  """The user turn of a plain prompt: format instructions stripped, RL closer appended."""
-  return templates.rl_prompt(templates.strip_format_instructions(question))
-
 
 def prompt_ids(tokenizer, question: str, images=(), vision=None, sample="?") -> list[int]:
   """The plain prompt's ids (an `ImagePrompt` when the question has images)."""
