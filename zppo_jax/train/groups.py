@@ -31,6 +31,14 @@ class TextPolicy(Protocol):
     """`num_samples` completions per prompt, reproducible for a fixed seed and parameters."""
 
 
+def sample(sampler, sampling, prompts: Sequence[Sequence[int]], *, num_samples: int,
+           max_new_tokens: int, seed: int) -> list[list[Completion]]:
+  """`TextPolicy.generate` for a `sampling.Sampler` with its `SamplingParams` (student, teacher)."""
+  params = dataclasses.replace(sampling, num_samples=num_samples, max_new_tokens=max_new_tokens)
+  out = sampler.generate(prompts, params, seed=seed)
+  return [[Completion(t, lp) for t, lp in zip(ts, lps)] for ts, lps in zip(out.tokens, out.logprobs)]
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutSpec:
   """A prompt the loop rolls out G_S times.

@@ -12,7 +12,6 @@ on packed rows that carry the same image features and 3-axis positions the sampl
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -23,7 +22,7 @@ from zppo_jax.data.prompts import ImagePrompt
 from zppo_jax.data.vision import VisionProcessorConfig
 from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration, text_decoder
 from zppo_jax.sampling import Sampler, SamplingParams, media
-from zppo_jax.train.groups import Completion
+from zppo_jax.train.groups import Completion, sample
 from zppo_jax.train.learner import Learner, LearnerConfig
 
 
@@ -72,11 +71,8 @@ class Student:
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
-    params = dataclasses.replace(self.sampling, num_samples=num_samples,
-                                 max_new_tokens=max_new_tokens)
-    out = self.sampler.generate(prompts, params, seed=seed)
-    return [[Completion(t, lp) for t, lp in zip(ts, lps)]
-            for ts, lps in zip(out.tokens, out.logprobs)]
+    return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
+                  max_new_tokens=max_new_tokens, seed=seed)
 
   def pack(self, parts: Sequence[Sequence], with_advantages: bool = True,
            encoder: media.VisionEncoder | None = None) -> list[dict[str, np.ndarray]]:

@@ -22,7 +22,7 @@ from zppo_jax.models.qwen3_5.multimodal import text_decoder
 from zppo_jax.rewards import JudgeItem, judge_prompt, parse_verdict
 from zppo_jax.sampling import Sampler, SamplingParams
 from zppo_jax.train.learner import packed_hidden
-from zppo_jax.train.groups import Completion
+from zppo_jax.train.groups import Completion, sample
 
 
 class Teacher:
@@ -49,11 +49,8 @@ class Teacher:
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
-    params = dataclasses.replace(self.sampling, num_samples=num_samples,
-                                 max_new_tokens=max_new_tokens)
-    out = self.sampler.generate(prompts, params, seed=seed)
-    return [[Completion(t, lp) for t, lp in zip(ts, lps)]
-            for ts, lps in zip(out.tokens, out.logprobs)]
+    return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
+                  max_new_tokens=max_new_tokens, seed=seed)
 
   def hidden_states(self, batch: dict[str, np.ndarray]) -> jax.Array:
     """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`,

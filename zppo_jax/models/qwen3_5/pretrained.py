@@ -26,14 +26,9 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
   replicated), unless `text_only`; every other checkpoint gives `Qwen3_5ForCausalLM`.
 
   Args:
-    path: directory with ``config.json`` and ``model.safetensors`` or a sharded index.
-    dtype: compute dtype (and storage dtype unless ``param_dtype`` is given).
-    mesh: device mesh; each parameter is placed straight into its sharding under ``rules``.
-      None puts everything on the default device.
-    rules: logical-axis rule set (``parallel.TRAIN_RULES`` or ``parallel.SAMPLE_RULES``).
-    param_dtype: storage dtype; default ``dtype``.
+    path, dtype, mesh, rules, param_dtype, **runtime: as for `checkpoint.load_text_pretrained`
+      (the text decoder of a multimodal checkpoint is placed the same way).
     text_only: load only the text decoder of a multimodal checkpoint (its vision tower skipped).
-    **runtime: other runtime config fields (``scan_layers``, ``remat``, ``gdn_chunk_size``).
 
   Raises:
     ValueError: unsupported config, a missing or unexpected tensor, or a shape mismatch, naming
