@@ -92,7 +92,8 @@ class SamplerGenerator:
 
   Args:
     model: the text model (`qwen3_5.load_pretrained`), or a multimodal model
-      (`qwen3_5.load_pretrained` of a checkpoint with vision weights), whose language model is sampled.
+      (`qwen3_5.load_pretrained` of a checkpoint with vision weights), whose language model is
+      sampled.
     tokenizer: the HF tokenizer with a chat template (and the vision tokens for a multimodal model).
     decoding: the evaluation decoding settings (sampling, pixel budget, video frame rate and cap).
     mesh: optional device mesh for the sampler.

@@ -36,7 +36,8 @@ def sample(sampler, sampling, prompts: Sequence[Sequence[int]], *, num_samples: 
   """`TextPolicy.generate` for a `sampling.Sampler` with its `SamplingParams` (student, teacher)."""
   params = dataclasses.replace(sampling, num_samples=num_samples, max_new_tokens=max_new_tokens)
   out = sampler.generate(prompts, params, seed=seed)
-  return [[Completion(t, lp) for t, lp in zip(ts, lps)] for ts, lps in zip(out.tokens, out.logprobs)]
+  return [[Completion(t, lp) for t, lp in zip(ts, lps)]
+          for ts, lps in zip(out.tokens, out.logprobs)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,9 +76,9 @@ class Trainer:
     stream: where progress and messages go (default stderr).
   """
 
-  def __init__(self, config, workdir, *, student: StudentPolicy, teacher: TextPolicy | None, tokenizer,
-               prompts, grader, stop_ids: Sequence[int], eval_records: Sequence[dict] = (),
-               stream=None):
+  def __init__(self, config, workdir, *, student: StudentPolicy, teacher: TextPolicy | None,
+               tokenizer, prompts, grader, stop_ids: Sequence[int],
+               eval_records: Sequence[dict] = (), stream=None):
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.flags = method_flags(config)
@@ -232,7 +232,8 @@ class Trainer:
                                  num_samples=self.config.rl.teacher_group_size,
                                  max_new_tokens=self.config.sampling.teacher_max_new_tokens,
                                  seed=self._seed(step, Stream.TEACHER_ROLLOUTS))
-    groups = [Group(g.qid, "plain", g.record, g.prompt_ids, list(out)) for g, out in zip(kept, outs)]
+    groups = [Group(g.qid, "plain", g.record, g.prompt_ids, list(out))
+              for g, out in zip(kept, outs)]
     times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
     self._grade(groups, times)
     if self.teacher_cache.enabled:
