@@ -181,6 +181,19 @@ def test_resume_is_exact(assets, tmp_path):
   assert float(full.student.params["skill"]) == float(rest.student.params["skill"])
 
 
+def test_teacher_cache_is_bounded_checkpointed_and_resumes_exactly(assets, tmp_path):
+  overrides = ["--config.checkpoint_every=2", "--config.rl.cache_teacher_rollouts=True"]
+  full = make_trainer(assets, tmp_path / "full", "zppo", steps=4, overrides=overrides)
+  full.train()
+  assert len(full.teacher_cache) > 0   # correct teacher rollouts were kept
+  make_trainer(assets, tmp_path / "part", "zppo", steps=2, overrides=overrides).train()
+  rest = make_trainer(assets, tmp_path / "part", "zppo", steps=4, overrides=overrides)
+  rest.train()
+  assert rest.teacher_cache.state_dict() == full.teacher_cache.state_dict()
+  assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
+      read_metrics(tmp_path / "part"))
+
+
 def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, capfd):
   trainer = make_trainer(assets, tmp_path, "grpo_replay", steps=2,
                          overrides=["--config.checkpoint_every=1"])
