@@ -97,7 +97,7 @@ def main():
   batch = make_batch(ids)
 
   def run_ours():
-    batch["old_logprobs"] = learner.old_logprobs(batch)
+    [batch["old_logprobs"]] = learner.old_logprobs([batch])
     return jax.device_get(learner.update(batch))
 
   def run_reference():

@@ -76,8 +76,8 @@ def run_updates(lrn, batch, num_updates=UPDATES):
   minibatches = [{k: v[:, i * size:(i + 1) * size] if k == "positions" else
                   v[i * size:(i + 1) * size] for k, v in batch.items()}
                  for i in range(num_updates)]
-  for minibatch in minibatches:
-    minibatch["old_logprobs"] = lrn.old_logprobs(minibatch)
+  for minibatch, old in zip(minibatches, lrn.old_logprobs(minibatches)):
+    minibatch["old_logprobs"] = old
   metrics = [lrn.update(minibatch) for minibatch in minibatches]
   return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
 

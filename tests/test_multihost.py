@@ -62,8 +62,8 @@ def worker(process_id: int, num_processes: int, port: int, out: str):
   size = ROWS // UPDATES
   minibatches = [{k: v[:, i * size:(i + 1) * size] if k == "positions" else
                   v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(UPDATES)]
-  for minibatch in minibatches:
-    minibatch["old_logprobs"] = learner.old_logprobs(minibatch)
+  for minibatch, old in zip(minibatches, learner.old_logprobs(minibatches)):
+    minibatch["old_logprobs"] = old
   metrics = [{k: float(v) for k, v in learner.update(minibatch).items()}
              for minibatch in minibatches * 2]
   host = {f"m{i}_{k}": np.float64(v) for i, m in enumerate(metrics) for k, v in m.items()}

@@ -3,8 +3,8 @@
 One rollout step (Algorithm 1, step 9) arrives as I packed mini-batches (`zppo_jax.data.packing`;
 rows hold whole sequences, so no rollout is used twice). The caller (`train.student.Student`)
 
-1. asks `old_logprobs` for log π_old of every mini-batch's trained tokens, with the parameters
-   before any update (or takes the sampler's log-probs, by `LearnerConfig.old_logprobs`);
+1. asks `old_logprobs` for log π_old of the trained tokens of all I mini-batches at once, with
+   the parameters before any update (or takes the sampler's, by `LearnerConfig.old_logprobs`);
 2. calls `update` once per mini-batch: one AdamW update each.
 
 The learner
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -389,12 +389,19 @@ class Learner:
     with self._context():
       return self._logprobs(self.state.params, self._put({k: batch[k] for k in keys}))
 
-  def old_logprobs(self, minibatch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """log π_old float32[R, T] of a mini-batch: recomputed with the current parameters (call it
-    for every mini-batch of a step before the first `update`) or the sampler's."""
-    if self.cfg.old_logprobs == "recompute":
-      return np.asarray(self.logprobs(minibatch))
-    return minibatch["sampler_logprobs"]
+  def old_logprobs(self, minibatches: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    """log π_old float32[R, T] of every mini-batch of a step, taken before its first `update`.
+
+    Recomputed with the current parameters in one pass over the rows of all mini-batches (the
+    same program whatever I is), or the sampler's log-probs (`LearnerConfig.old_logprobs`).
+    """
+    if self.cfg.old_logprobs != "recompute":
+      return [mb["sampler_logprobs"] for mb in minibatches]
+    keys = ("tokens", "targets", "positions", "segment_ids") + _vision_keys(minibatches[0])
+    rows = {k: np.concatenate([mb[k] for mb in minibatches], axis=1 if k == "positions" else 0)
+            for k in keys}
+    sizes = [mb["tokens"].shape[0] for mb in minibatches]
+    return np.split(np.asarray(self.logprobs(rows)), np.cumsum(sizes)[:-1])
 
   def update(self, minibatch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """One AdamW update on the policy loss of one mini-batch (skipped when not finite).

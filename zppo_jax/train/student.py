@@ -118,8 +118,8 @@ class Student:
     share the same π_old (the parameters the step's rollouts were sampled with).
     """
     minibatches = self.pack(parts)
-    for minibatch in minibatches:
-      minibatch["old_logprobs"] = self.learner.old_logprobs(minibatch)
+    for minibatch, old in zip(minibatches, self.learner.old_logprobs(minibatches)):
+      minibatch["old_logprobs"] = old
     metrics = [self.learner.update(minibatch) for minibatch in minibatches]
     self._sync()
     return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
