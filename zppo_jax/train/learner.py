@@ -178,9 +178,7 @@ class Learner:
     self.tx = cfg.optim.optimizer() if tx is None else tx
     with self._context():
       state_sh = self._state_shardings(params)
-      init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
-                                  jnp.zeros([], jnp.int32))
-      self.state = jax.jit(init, out_shardings=state_sh)(params)
+      self.state = jax.jit(self._init_state, out_shardings=state_sh)(params)
     self._jit_steps(state_sh)
 
   def _jit_steps(self, state_sh) -> None:
@@ -206,8 +204,7 @@ class Learner:
     learner.tx = cfg.optim.optimizer()
     with learner._context():
       state_sh = learner._state_shardings(params)
-      state = jax.eval_shape(lambda p: TrainState(p, learner.tx.init(p), jnp.zeros([], jnp.int32),
-                                                  jnp.zeros([], jnp.int32)), params)
+      state = jax.eval_shape(learner._init_state, params)
     if state_sh is not None:
       state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            state, state_sh)
@@ -223,6 +220,11 @@ class Learner:
 
   # --- Set-up helpers. ---
 
+  def _init_state(self, params) -> TrainState:
+    """The state before the first update: fresh optimizer moments, zero counters."""
+    return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32),
+                      jnp.zeros([], jnp.int32))
+
   def _context(self):
     if self.mesh is None:
       return contextlib.nullcontext()
@@ -234,8 +236,7 @@ class Learner:
   def _state_shardings(self, params):
     if self.mesh is None:
       return None
-    abstract = jax.eval_shape(lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
-                                                   jnp.zeros([], jnp.int32)), params)
+    abstract = jax.eval_shape(self._init_state, params)
     replicated = NamedSharding(self.mesh, PartitionSpec())
 
     def one(path, leaf):
