@@ -2,7 +2,7 @@
 
 shared/BENCH.md's train-step workload: the bench-small model, batch 4 x 512 tokens, one update =
 forward, PPO clipped-surrogate loss on every next-token prediction (advantages ±1, old log-probs
-given), backward, global-norm clip and AdamW. Ours is `Learner.train_step` with one update and the
+given), backward, global-norm clip and AdamW. Ours is `Learner.update` with one update and the
 sampler's log-probs as π_old (so nothing but the update is timed); log-probs come from the chunked
 LM-head scan. The reference is transformers' `Qwen3_5ForCausalLM` (train mode, fp32) computing the
 same loss from its full logits, `loss.backward()`, `clip_grad_norm_` and `torch.optim.AdamW`, with
@@ -88,23 +88,23 @@ def main():
     ours = qwen3_5.load_pretrained(path, dtype=jnp.float32, remat=args.remat)
   reference.train()
   n_params = qwen3_5.parameter_count(ours)
-  lcfg = learner_lib.LearnerConfig(num_updates=1, old_logprobs="sampler",
-                                   token_chunk=args.token_chunk)
+  lcfg = learner_lib.LearnerConfig(old_logprobs="sampler", token_chunk=args.token_chunk)
   learner = learner_lib.Learner(ours, lcfg)
-  optimizer = torch.optim.AdamW(reference.parameters(), lr=lcfg.learning_rate,
-                                betas=(lcfg.adam_b1, lcfg.adam_b2), eps=lcfg.adam_eps,
-                                weight_decay=lcfg.weight_decay)
+  opt = lcfg.optim
+  optimizer = torch.optim.AdamW(reference.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2),
+                                eps=opt.eps, weight_decay=opt.weight_decay)
   ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.length))
   batch = make_batch(ids)
 
   def run_ours():
-    return learner.train_step(batch)[0]
+    [batch["old_logprobs"]] = learner.old_logprobs([batch])
+    return jax.device_get(learner.update(batch))
 
   def run_reference():
     optimizer.zero_grad(set_to_none=True)
     loss = torch_policy_loss(reference, batch)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(reference.parameters(), lcfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), lcfg.optim.clip_norm)
     optimizer.step()
     return loss.item()
 

@@ -17,8 +17,42 @@ import ml_collections
 from zppo_jax.train.config import base_config, METHODS
 
 
+def demo_fields() -> ml_collections.ConfigDict:
+  """The demo's own fields (`config.demo`); a config with this group runs `train.demo.prepare`,
+  which builds the procedural task, tokenizer and warm-started models."""
+  d = ml_collections.ConfigDict()
+  d.cache_dir = ""
+  d.train_levels = (1, 2, 3)
+  d.eval_level = 3
+  d.num_train = 4096
+  d.num_eval = 64
+  d.vocab_size = 512
+  d.student_hidden = 64
+  d.student_layers = 4
+  d.teacher_hidden = 96
+  d.teacher_layers = 4
+  d.attention_every = 2      # full attention every this many layers (the rest GDN)
+  d.student_sft_levels = (1, 2)
+  d.teacher_sft_levels = (1, 2, 3)
+  d.sft_examples_per_level = 2000
+  d.student_sft_steps = 400
+  d.teacher_sft_steps = 400
+  d.student_sft_batch = 32   # examples per SFT step
+  d.teacher_sft_batch = 16
+  d.sft_row_len = 384        # packed SFT rows (fewer padded tokens than longer rows)
+  d.sft_lr = 3e-3
+  # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
+  # on rendered digits; student and teacher are multimodal with a tiny vision tower.
+  d.visual = False
+  d.image_size = 64          # rendered images are image_size x image_size pixels
+  d.vision_depth = 1
+  d.vision_hidden = 32
+  return d
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
+  c.demo = demo_fields()
   c.name = "demo"
   c.total_steps = 12
   c.checkpoint_every = 4
@@ -42,7 +76,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sampling.teacher_max_new_tokens = 48
   c.optim.lr = 1e-4
   c.optim.state_dtype = "float32"
-  c.demo.enabled = True
   c.demo.cache_dir = "runs/.demo_cache"
   if arg in ("tiny", "visual"):
     c.name = "demo_tiny"

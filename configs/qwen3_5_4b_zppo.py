@@ -1,19 +1,15 @@
-"""ZPPO on Qwen3.5-4B with the Qwen3.5-27B teacher, the paper's hyperparameters (Table 8).
+"""`configs/zppo.py:4b` under its earlier name (kept for existing launch commands)."""
+import runpy
 
-  zppo train --config configs/qwen3_5_4b_zppo.py --workdir gs://BUCKET/runs/4b \
-      --config.student.checkpoint=/ckpt/Qwen3.5-4B --config.teacher.checkpoint=/ckpt/Qwen3.5-27B \
-      --config.data.train_path=/data/zppo77k
-"""
-import ml_collections
+from zppo_jax.train.config import REPO_ROOT
 
-from zppo_jax.train import config as base
+_PAPER = runpy.run_path(str(REPO_ROOT / "configs" / "zppo.py"))
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
+def get_config(arg: str = ""):
   if arg:
     raise ValueError(f"configs/qwen3_5_4b_zppo.py takes no argument, got {arg!r}")
-  return base.paper_config("4B")
+  return _PAPER["get_config"]("4b")
 
 
-def get_hyper(h):
-  return base.paper_hyper(h)
+get_hyper = _PAPER["get_hyper"]

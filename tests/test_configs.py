@@ -96,14 +96,24 @@ def test_command_line_overrides_and_default_config():
 
 def test_method_flags():
   c = config_lib.load_config("configs/demo.py", ["--config.method=off_distill"])
-  assert config_lib.method_flags(c)["replay"] and config_lib.method_flags(c)["distill"] == "off"
+  assert config_lib.method_flags(c).replay and config_lib.method_flags(c).distill == "off"
   c = config_lib.load_config("configs/demo.py", ["--config.method=on_distill",
                                                  "--config.rl.distill_with_buffer=False"])
-  assert not config_lib.method_flags(c)["replay"]
+  assert not config_lib.method_flags(c).replay
   c.method = "ppo"
   with pytest.raises(ValueError, match="ppo"):
     config_lib.method_flags(c)
   zppo = config_lib.METHODS["zppo"]
-  assert zppo["replay"] and zppo["bcq"] and zppo["ncq"]
-  assert not any(config_lib.METHODS["grpo"][k] for k in ("replay", "bcq", "ncq", "hint",
-                                                         "prefix", "distill"))
+  assert zppo.replay and zppo.bcq and zppo.ncq
+  assert not any(getattr(config_lib.METHODS["grpo"], k) for k in ("replay", "bcq", "ncq", "hint",
+                                                                  "prefix", "distill"))
+
+
+@pytest.mark.parametrize("size", ["0.8b", "2b", "4b", "9b"])
+def test_one_paper_config_takes_the_size_and_the_old_names_are_aliases(size):
+  c = config_lib.load_config(f"configs/zppo.py:{size}")
+  alias = config_lib.load_config(f"configs/qwen3_5_{size.replace('.', '_')}_zppo.py")
+  assert c.to_dict() == alias.to_dict()
+  assert c.student.checkpoint == f"Qwen/Qwen3.5-{size.upper()}"
+  with pytest.raises(Exception, match="unknown student size"):
+    config_lib.load_config("configs/zppo.py:3b")

@@ -45,8 +45,13 @@ def test_visual_demo_runs_zppo_steps(tmp_path):
   student.generate = spy("student", student.generate)
   teacher.generate = spy("teacher", teacher.generate)
   pack = student.pack
-  student.pack = lambda parts, *a, **k: seen["packed"].append(pack(parts, *a, **k)) or \
-      seen["packed"][-1]
+
+  def spy_pack(parts, *a, **k):   # One packed batch per mini-batch.
+    out = pack(parts, *a, **k)
+    seen["packed"].extend(out)
+    return out
+
+  student.pack = spy_pack
   try:
     summary = trainer.train()
   finally:

@@ -138,7 +138,7 @@ def mm_generator(tmp_path_factory):
       image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
       vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
   model = multimodal.Qwen3_5ForConditionalGeneration(cfg, rngs=nnx.Rngs(0))
-  multimodal.save_pretrained_multimodal(model, path)
+  qwen3_5.save_pretrained_multimodal(model, path)
   return SamplerGenerator.from_path(path, MM_DECODING)
 
 

@@ -66,3 +66,16 @@ def test_bad_inputs_name_the_sequence():
     packing.pack([[1, 2, 3]] * 3, [[4, 5, 6]] * 3, row_len=8, num_rows=1)
   with pytest.raises(ValueError, match=r"advantages\[0\]"):
     packing.pack([[1]], [[2, 3]], row_len=8, advantages=[[1.0, 2.0, 3.0]])
+
+
+def test_bucket_is_the_next_power_of_two_at_least_the_minimum():
+  assert [packing.bucket(n) for n in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
+  assert packing.bucket(3, minimum=16) == 16 and packing.bucket(17, minimum=16) == 32
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(2, 12), min_size=1, max_size=20))
+def test_rows_needed_is_the_row_count_pack_fills(lengths):
+  prompts = [[1] * (n // 2) for n in lengths]
+  responses = [[2] * (n - n // 2) for n in lengths]
+  assert packing.rows_needed(lengths, 16) == packing.pack(prompts, responses, 16).tokens.shape[0]

@@ -269,3 +269,15 @@ def test_teacher_cache_off_by_default_and_merging_when_on():
   assert on.merge("q", [good]) == (good,)  # No duplicate of a cached rollout.
   on.merge("r", [good])
   assert on.merge("q", [bad]) == (bad,)  # `q` was dropped for `r` (max_questions=1).
+
+
+def test_teacher_cache_state_round_trip_keeps_order_and_rollouts():
+  from zppo_jax.zppo.teacher_cache import TeacherRolloutCache
+  on = TeacherRolloutCache(enabled=True, per_question=2, max_questions=2)
+  on.merge("q", [Rollout("g", 1.0, "42", (1, 2)), Rollout("b", 0.0, "7", (3,))])
+  on.merge("r", [Rollout("h", 1.0, "5", (4,))])
+  back = TeacherRolloutCache(enabled=True, per_question=2, max_questions=2)
+  back.load_state_dict(on.state_dict())
+  assert back.state_dict() == on.state_dict() and len(back) == 2
+  back.merge("s", [Rollout("i", 1.0, "1", (5,))])   # `q`, the oldest, goes first.
+  assert back.merge("q", [Rollout("b", 0.0, "7", (3,))]) == (Rollout("b", 0.0, "7", (3,)),)

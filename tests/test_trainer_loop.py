@@ -115,9 +115,9 @@ def test_every_method_runs_and_logs(assets, tmp_path, method):
     assert r["batch/new"] == trainer.config.rl.batch_prompts
     assert all(k.startswith("time_") or not isinstance(v, float) or np.isfinite(v)
                for k, v in r.items())
-    if not flags["bcq"]:
+    if not flags.bcq:
       assert r.get("reform/bcq", 0) == 0
-    if not (flags["replay"] or (flags["distill"] and trainer.config.rl.distill_with_buffer)):
+    if not (flags.replay or (flags.distill and trainer.config.rl.distill_with_buffer)):
       assert r["batch/replay"] == 0
   assert summary["step"] == 2
   assert "eval_before" in summary and "eval_after" in summary
@@ -180,6 +180,19 @@ def test_resume_is_exact(assets, tmp_path):
   assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
       read_metrics(tmp_path / "part"))
   assert float(full.student.params["skill"]) == float(rest.student.params["skill"])
+
+
+def test_teacher_cache_is_bounded_checkpointed_and_resumes_exactly(assets, tmp_path):
+  overrides = ["--config.checkpoint_every=2", "--config.rl.cache_teacher_rollouts=True"]
+  full = make_trainer(assets, tmp_path / "full", "zppo", steps=4, overrides=overrides)
+  full.train()
+  assert len(full.teacher_cache) > 0   # correct teacher rollouts were kept
+  make_trainer(assets, tmp_path / "part", "zppo", steps=2, overrides=overrides).train()
+  rest = make_trainer(assets, tmp_path / "part", "zppo", steps=4, overrides=overrides)
+  rest.train()
+  assert rest.teacher_cache.state_dict() == full.teacher_cache.state_dict()
+  assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
+      read_metrics(tmp_path / "part"))
 
 
 def test_corrupt_latest_checkpoint_falls_back(assets, tmp_path, capfd):

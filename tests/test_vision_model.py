@@ -15,6 +15,7 @@ from transformers.vision_utils import (get_vision_cu_seqlens,
                                        get_vision_position_ids)
 
 from zppo_jax.models.qwen3_5 import vision as V
+from zppo_jax.models.qwen3_5 import vision_checkpoint as VC
 from zppo_jax.models.qwen3_5.vision_config import VISION_PRESETS, VisionConfig, vision_tiny
 
 # Two images of different sizes and a 2-temporal-patch video, packed in one sequence.
@@ -41,7 +42,7 @@ def pair():
       p.copy_(torch.randn_like(p) * scale + (1.0 if is_norm_scale else 0.0))
   ours = V.VisionModel(cfg, rngs=nnx.Rngs(1))
   tensors = {k: v.numpy() for k, v in hf.state_dict().items()}
-  V.load_vision_params(ours, V.vision_params_from_hf(tensors, cfg, prefix=""))
+  VC.load_vision_params(ours, VC.vision_params_from_hf(tensors, cfg, prefix=""))
   return cfg, hf, ours
 
 
@@ -121,7 +122,7 @@ def test_whole_model_parity(pair, batch):
   out = encode(ours, np.concatenate([pixels, np.ones((8, cfg.patch_dim), np.float32)]), padded)
   _close(out[: n // 4], ref, 1e-4)
   unrolled = V.VisionModel(vision_tiny(scan_layers=False), rngs=nnx.Rngs(2))
-  V.load_vision_params(unrolled, V.vision_state_dict(ours))
+  VC.load_vision_params(unrolled, VC.vision_state_dict(ours))
   _close(unrolled(pixels, GRIDS), ref, 1e-4)
 
 
@@ -152,7 +153,7 @@ def test_attention_stays_inside_each_frame(pair, batch):
 
 def test_hf_weight_round_trip(pair):
   cfg, hf, ours = pair
-  tensors = V.vision_params_to_hf(V.vision_state_dict(ours), cfg, prefix="model.visual.")
+  tensors = VC.vision_params_to_hf(VC.vision_state_dict(ours), cfg, prefix="model.visual.")
   reference = hf.state_dict()
   assert sorted(tensors) == sorted("model.visual." + k for k in reference)
   for key, value in reference.items():
@@ -226,6 +227,6 @@ def test_bfloat16_tower_runs(pair, batch):
   pixels, _ = batch
   low = V.VisionModel(vision_tiny(dtype=jax.numpy.bfloat16, param_dtype=jax.numpy.bfloat16),
                       rngs=nnx.Rngs(3))
-  V.load_vision_params(low, V.vision_state_dict(ours))
+  VC.load_vision_params(low, VC.vision_state_dict(ours))
   out = low(pixels, GRIDS)
   assert out.dtype == jax.numpy.bfloat16 and bool(jax.numpy.isfinite(out).all())

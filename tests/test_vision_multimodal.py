@@ -6,6 +6,7 @@ import transformers
 from flax import nnx
 from safetensors import safe_open
 
+from zppo_jax.models import qwen3_5
 from zppo_jax.models.qwen3_5 import config as config_lib
 from zppo_jax.models.qwen3_5 import multimodal as mm
 from zppo_jax.models.qwen3_5.vision_config import vision_tiny
@@ -76,8 +77,8 @@ def models(tmp_path_factory):
   hf = _hf_model()
   path = tmp_path_factory.mktemp("hf_multimodal")
   hf.save_pretrained(path)
-  assert mm.has_vision_weights(path)
-  return hf, mm.load_pretrained_multimodal(path), path
+  assert qwen3_5.has_vision_weights(path)
+  return hf, qwen3_5.load_pretrained_multimodal(path), path
 
 
 def test_logits_match_transformers(models):
@@ -103,7 +104,7 @@ def test_images_change_the_logits(models):
 
 def test_save_round_trip(models, tmp_path):
   hf, ours, _ = models
-  mm.save_pretrained_multimodal(ours, tmp_path)
+  qwen3_5.save_pretrained_multimodal(ours, tmp_path)
   reference = hf.state_dict()
   with safe_open(str(tmp_path / "model.safetensors"), "np") as f:
     keys = set(f.keys())

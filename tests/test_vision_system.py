@@ -107,7 +107,7 @@ def test_learner_logprobs_of_image_rollouts_equal_the_samplers(models):
                        prompt_positions=[None if x is None else x[0] for x in inputs],
                        prompt_features=[None if x is None else x[1:] for x in inputs])
   assert batch.vision_embeds is not None and batch.vision_mask.sum() == 2 * (4 + 2 + 1)
-  learner = Learner(ours.language_model, LearnerConfig(num_updates=1))
+  learner = Learner(ours.language_model, LearnerConfig())
   got = packing.unpack(np.asarray(learner.logprobs(batch.arrays())), batch.placements)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)
@@ -221,10 +221,11 @@ def test_student_packs_image_rollouts_with_either_models_features(models):
   text = list(rng.integers(1, 100, size=5))
   seqs = [TrainSequence(prompt, [5, 6, 7], [0.0] * 3, 1.0), TrainSequence(prompt, [8], [0.0], -1.0),
           TrainSequence(text, [9, 9], [0.0] * 2, 0.5)]
-  mine = student.pack([seqs], with_advantages=False)
+  [mine] = student.pack([seqs], with_advantages=False)
   other = nnx.clone(ours)
   other.visual.merger.linear_fc2.kernel[...] = 2 * other.visual.merger.linear_fc2.kernel[...]
-  theirs = student.pack([seqs], with_advantages=False, encoder=media.VisionEncoder(other))
+  [theirs] = student.pack([seqs], with_advantages=False,
+                          encoder=media.VisionEncoder(other))
   for key in ("tokens", "positions", "segment_ids", "loss_mask", "vision_mask"):
     np.testing.assert_array_equal(mine[key], theirs[key])
   assert mine["vision_mask"].sum() == 8
@@ -253,8 +254,8 @@ def test_reformulated_prompts_keep_their_questions_images(tmp_path):
                   texts=["\\boxed{3}", "\\boxed{7}"], rewards=[1.0, 0.0])
   specs, metrics, _ = augment.build_specs([plain], [teacher], 8, config, method_flags(config),
                                           random.Random(0), tok, None, vision=cfg)
-  assert [s[1] for s in specs] == ["bcq", "ncq"] and metrics["reform/bcq"] == 1
-  for _, _, ids, _, _ in specs:
+  assert [s.kind for s in specs] == ["bcq", "ncq"] and metrics["reform/bcq"] == 1
+  for ids in (s.prompt_ids for s in specs):
     assert isinstance(ids, prompts_lib.ImagePrompt) and ids.count(IMG) == 4
     np.testing.assert_array_equal(ids.pixel_values, plain.prompt_ids.pixel_values)
   with pytest.raises(ValueError, match="sample q1: the question has images but the model"):

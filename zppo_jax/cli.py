@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("zppo_jax.train.sft", "main", "supervised fine-tuning on question/response JSONL"),
     "export": ("zppo_jax.train.export", "main", "write a run's student as an HF checkpoint"),
     "plot": ("zppo_jax.train.plots", "main", "PNG figures of a run's metrics"),
-    "data": ("zppo_jax.data.generic_builder", "data_main", "build ZPPO-77K or your own shards"),
+    "data": ("zppo_jax.data.main", "main", "build ZPPO-77K or your own shards"),
     "plan": ("zppo_jax.plan", "main", "AOT-compile a run's step for a TPU topology: fits? speed?"),
     "sweep": ("zppo_jax.sweep.main", "main", "run a config's sweep; sweep status|report"),
 }

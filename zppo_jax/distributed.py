@@ -242,16 +242,16 @@ def draw_replay(records: Sequence[Mapping[str, Any]], n: int, seed: Sequence[int
   return [r for _, r in pooled[:max(n, 0)]]
 
 
-def split_devices(fraction: float, split: Callable[[float, list], tuple[list, list]]
-                  ) -> tuple[list, list]:
-  """(student devices, teacher devices): `split(fraction, devices)` applied to every process's
-  own devices, so that both models span every host (each process can feed and read both)."""
+def split_devices(fraction: float) -> tuple[list, list]:
+  """(student devices, teacher devices): `parallel.split_devices` applied to every process's own
+  devices, so that both models span every host (each process can feed and read both)."""
+  from zppo_jax import parallel  # pylint: disable=import-outside-toplevel (keeps this module light)
   by_process: dict[int, list] = {}
   for d in jax.devices():
     by_process.setdefault(d.process_index, []).append(d)
   student, teacher = [], []
   for p in sorted(by_process):
-    s, t = split(fraction, by_process[p])
+    s, t = parallel.split_devices(fraction, by_process[p])
     student += s
     teacher += t
   return student, teacher

@@ -278,3 +278,14 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules: Rules | None = N
     raise ValueError(f"activation of shape {x.shape} and logical axes {tuple(names)} differ "
                      "in rank")
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+
+
+def split_devices(fraction: float, devices: Sequence) -> tuple[list, list]:
+  """(student devices, teacher devices): the last ⌈fraction·n⌉ devices go to the teacher (the
+  paper's 6:2 split is fraction 0.25); the same list twice when they share (fraction 0, or too
+  few devices to split)."""
+  devices = list(devices)
+  n_teacher = int(math.ceil(fraction * len(devices)))
+  if fraction <= 0 or len(devices) < 2 or n_teacher >= len(devices):
+    return devices, devices
+  return devices[:-n_teacher], devices[-n_teacher:]

@@ -359,19 +359,3 @@ def main(argv: list[str]) -> int:
                  tokenizer=load_tokenizer(args.tokenizer), config=config)
   print(json.dumps(report, indent=2))
   return 0
-
-
-DATA_COMMANDS = {"build-zppo77k": "rebuild ZPPO-77K from Vero-600k and MMFineReason-SFT-586K",
-                 "build": "shards from your own JSONL/Parquet/HF datasets directory"}
-
-
-def data_main(argv: list[str]) -> int:
-  """`zppo data SUBCOMMAND ...`: the dataset builders."""
-  if not argv or argv[0] not in DATA_COMMANDS:
-    rows = "\n".join(f"  {k:<14} {v}" for k, v in DATA_COMMANDS.items())
-    print(f"usage: zppo data SUBCOMMAND [ARGS...]\n\nsubcommands:\n{rows}")
-    return 0 if argv and argv[0] in ("-h", "--help") else 2
-  if argv[0] == "build-zppo77k":
-    from zppo_jax.data import zppo77k
-    return zppo77k.main(argv[1:])
-  return main(argv[1:])

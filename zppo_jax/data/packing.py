@@ -73,6 +73,17 @@ class PackedBatch:
             if f.name != "placements" and getattr(self, f.name) is not None}
 
 
+def bucket(n: int, minimum: int = 1) -> int:
+  """The smallest power of two >= max(n, minimum, 1): padded sizes that keep a run to a handful
+  of compiled shapes."""
+  return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def rows_needed(lengths: Sequence[int], row_len: int) -> int:
+  """Rows `pack` fills with sequences of these total lengths (first-fit decreasing)."""
+  return 1 + max((r for r, _ in _first_fit(lengths, row_len)), default=-1)
+
+
 def _first_fit(lengths: Sequence[int], row_len: int) -> list[tuple[int, int]]:
   """First-fit decreasing: (row, start) for each length; ties keep input order (deterministic)."""
   order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))

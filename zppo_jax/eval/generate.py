@@ -92,7 +92,8 @@ class SamplerGenerator:
 
   Args:
     model: the text model (`qwen3_5.load_pretrained`), or a multimodal model
-      (`multimodal.load_pretrained_multimodal`), whose language model is sampled.
+      (`qwen3_5.load_pretrained` of a checkpoint with vision weights), whose language model is
+      sampled.
     tokenizer: the HF tokenizer with a chat template (and the vision tokens for a multimodal model).
     decoding: the evaluation decoding settings (sampling, pixel budget, video frame rate and cap).
     mesh: optional device mesh for the sampler.
@@ -125,10 +126,7 @@ class SamplerGenerator:
                 dtype=jnp.float32) -> "SamplerGenerator":
     """Loads the checkpoint (and its tokenizer) at ``path`` or the newest one in a workdir."""
     directory = resolve_checkpoint(path)
-    if multimodal.has_vision_weights(directory):
-      model = multimodal.load_pretrained_multimodal(directory, dtype)
-    else:
-      model = qwen3_5.load_pretrained(directory, dtype=dtype)
+    model = qwen3_5.load_pretrained(directory, dtype=dtype)  # multimodal with vision weights
     return cls(model, transformers.AutoTokenizer.from_pretrained(str(directory)), decoding)
 
   def _chat_text(self, prompt: EvalPrompt, slots: str = "") -> str:

@@ -1,6 +1,6 @@
 """`zppo plan`: will a run fit on a TPU slice? Ahead-of-time compilation for a topology on any host.
 
-    zppo plan --config configs/qwen3_5_2b_zppo.py --topology v5p-64 [--tensor 1] [--remat full]
+    zppo plan --config configs/zppo.py:2b --topology v5p-64 [--tensor 1] [--remat full]
 
 With libtpu installed (``pip install -e ".[tpu]"``) JAX compiles for a TPU topology it does not have
 (`jax.experimental.topologies`). The plan builds the student, the teacher and the optimizer state as

@@ -128,11 +128,13 @@ def _batch_spec(mesh, rows: int) -> PartitionSpec:
 def compile_train(shape: RunShape, devices, hbm: float) -> Program:
   """The learner's jitted update on one mini-batch of `train_rows * micro_batches` packed rows."""
   from zppo_jax.train import learner as learner_lib  # pylint: disable=import-outside-toplevel
+  from zppo_jax.train import optim  # pylint: disable=import-outside-toplevel
   mesh = mesh_for(devices, shape.tensor)
   shards = mesh.shape[parallel.DATA] * mesh.shape[parallel.FSDP]
   micro = shape.train_rows or shards
   rows, t = micro * shape.micro_batches, shape.row_len
-  cfg = learner_lib.LearnerConfig(micro_batch_rows=micro, opt_state_dtype=shape.opt_state_dtype)
+  cfg = learner_lib.LearnerConfig(micro_batch_rows=micro,
+                                  optim=optim.OptimConfig(state_dtype=shape.opt_state_dtype))
   learner = learner_lib.Learner.abstract(_abstract_model(shape.student), cfg, mesh=mesh,
                                          rules=parallel.TRAIN_RULES)
   row = NamedSharding(mesh, PartitionSpec((parallel.DATA, parallel.FSDP)))

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from zppo_jax import parallel
 from zppo_jax.plan import programs as programs_lib
 from zppo_jax.plan import shapes
 from zppo_jax.plan import topology as topology_lib
@@ -38,15 +39,6 @@ def format_row(r: dict[str, Any]) -> str:
           f"{r['tflop']:>9.1f} {r['est_s']:>8.3f} {r['tokens_per_s']:>10.0f} {r['mfu']:>5.2f}")
 
 
-def split_devices(devices, fraction: float):
-  """(student's, teacher's) devices: the last ceil(fraction * N) run the teacher; the same list
-  twice when they share the slice (fraction 0, or too few devices to split)."""
-  n_teacher = int(math.ceil(fraction * len(devices)))
-  if fraction <= 0 or len(devices) < 2 or n_teacher >= len(devices):
-    return devices, devices
-  return devices[:-n_teacher], devices[-n_teacher:]
-
-
 def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher"),
          log=print) -> dict[str, Any]:
   """Compiles the step's programs for `topo`.
@@ -63,7 +55,7 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
   devices = topology_lib.topology_devices(topo)
   per_chip = len(devices) // topo.chips or 1
   hbm = topo.chip.hbm_gib * GIB / per_chip
-  student_devices, teacher_devices = split_devices(devices, shape.teacher_fraction)
+  student_devices, teacher_devices = parallel.split_devices(shape.teacher_fraction, devices)
   shared = student_devices is teacher_devices
   chip = topo.chip
   # What stays resident while another program runs (the trainer keeps all of it on device): the

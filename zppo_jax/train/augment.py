@@ -17,21 +17,17 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from zppo_jax.data import packing
+# The user turn of a plain prompt (format instructions stripped, RL closer appended): the same
+# function the data pipelines encode records with.
+from zppo_jax.data.generic_builder import default_user_text as user_text
 from zppo_jax.data.prompts import encode_prompt
 from zppo_jax.rl.advantages import compute_advantages
-from zppo_jax.train.groups import Group
-from zppo_jax.zppo import reformulate, templates
+from zppo_jax.train.config import MethodFlags
+from zppo_jax.train.groups import Group, RolloutSpec
+from zppo_jax.zppo import reformulate
 from zppo_jax.zppo.diagnostics import step_diagnostics
 from zppo_jax.zppo.replay_buffer import ReplayBuffer
-
-# A spec the loop rolls out: (record, kind, prompt ids, forced prefix ids, extra).
-Spec = tuple
-
-
-def user_text(question: str) -> str:
-  """The user turn of a plain prompt: format instructions stripped, RL closer appended."""
-  return templates.rl_prompt(templates.strip_format_instructions(question))
-
 
 def prompt_ids(tokenizer, question: str, images=(), vision=None, sample="?") -> list[int]:
   """The plain prompt's ids (an `ImagePrompt` when the question has images)."""
@@ -62,11 +58,11 @@ def make_buffer(config) -> ReplayBuffer:
                       num_processes=jax.process_count(), process_index=jax.process_index())
 
 
-def reformulation_config(config, flags: dict) -> reformulate.ReformulationConfig:
+def reformulation_config(config, flags: MethodFlags) -> reformulate.ReformulationConfig:
   rl = config.rl
   return reformulate.ReformulationConfig(
-      threshold=rl.tau, aug_ratio=rl.aug_ratio, use_bcq=bool(flags["bcq"]),
-      use_ncq=bool(flags["ncq"]), compress=rl.compress,
+      threshold=rl.tau, aug_ratio=rl.aug_ratio, use_bcq=flags.bcq, use_ncq=flags.ncq,
+      compress=rl.compress,
       raw_candidate_max_tokens=rl.compress_max_tokens,
       compression_max_new_tokens=rl.compress_max_tokens,
       cache_teacher_rollouts=rl.cache_teacher_rollouts, prefix_fraction=rl.prefix_fraction)
@@ -91,18 +87,10 @@ def question_groups(plain: Sequence[Group], teacher: Sequence[Group], num_new: i
   return out
 
 
-def hard_set(plain: Sequence[Group], num_new: int, config, flags: dict) -> list[Group]:
-  """The pre-capped hard set, hardest first (new and replayed together)."""
-  groups = question_groups(plain, (), num_new)
-  kept = reformulate.select_hard(groups, num_new, reformulation_config(config, flags))
-  by_qid = {g.qid: g for g in plain}
-  return [by_qid[q.qid] for q in kept]
-
-
 def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, config,
-                flags: dict, rng: random.Random, tokenizer,
+                flags: MethodFlags, rng: random.Random, tokenizer,
                 teacher_text: Callable[[list[str], int], list[str]], vision=None
-                ) -> tuple[list[Spec], dict[str, float], list[reformulate.Reformulation]]:
+                ) -> tuple[list[RolloutSpec], dict[str, float], list[reformulate.Reformulation]]:
   """BCQ / NCQ, hint or prefix prompts of the step, as rollout specs, and their counts.
 
   Args:
@@ -120,7 +108,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
   groups = question_groups(plain, teacher, num_new)
   records = {g.qid: g.record for g in plain}
   metrics: dict[str, float] = {}
-  if flags["bcq"] or flags["ncq"]:
+  if flags.bcq or flags.ncq:
     plan = reformulate.plan_reformulations(groups, num_new, rcfg, rng,
                                            truncate=_token_truncate(tokenizer))
     outputs = (teacher_text(plan.compression_prompts, rcfg.compression_max_new_tokens)
@@ -128,7 +116,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
     reforms = plan.finalize(outputs)
     metrics.update({"reform/dropped": plan.num_dropped,
                     "reform/compressions": len(plan.compression_prompts)})
-  elif flags["hint"]:
+  elif flags.hint:
     plan = reformulate.plan_hints(groups, num_new, rcfg, rng)
     outputs = (teacher_text(plan.hint_prompts, rcfg.compression_max_new_tokens)
                if plan.hint_prompts else [])
@@ -137,10 +125,10 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
     reforms = reformulate.build_prefixes(groups, num_new, rcfg, rng)
   specs = []
   for r in reforms:
-    prefix = list(r.meta.get("prefix_token_ids", ()))
     ids = encode_prompt(tokenizer, r.prompt_text, r.images if vision is not None else (), vision,
                         sample=r.qid)
-    specs.append((records[r.qid], r.kind, ids, prefix, dict(r.meta)))
+    specs.append(RolloutSpec(records[r.qid], r.kind, ids,
+                             tuple(r.meta.get("prefix_token_ids", ())), dict(r.meta)))
   for kind in ("bcq", "ncq", "hint", "prefix"):
     metrics[f"reform/{kind}"] = sum(r.kind == kind for r in reforms)
   return specs, metrics, reforms
@@ -162,7 +150,7 @@ def advantages(rewards: np.ndarray, group_ids: np.ndarray, norm: str) -> np.ndar
   n = rewards.size
   if n == 0:
     return rewards
-  size = 1 << (n - 1).bit_length()
+  size = packing.bucket(n)
   pad = lambda x: np.concatenate([x, np.zeros(size - n, x.dtype)])  # noqa: E731
   out = _advantages_jit(pad(rewards), pad(group_ids), pad(np.ones(n, bool)), norm)
   return np.asarray(out, np.float32)[:n]

@@ -6,25 +6,55 @@ the comments are those of the paper (shared/ZPPO_SPEC.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-# method -> (replay buffer, BCQ, NCQ, hint, prefix, distillation). One loop runs all of them.
-METHODS: dict[str, dict[str, object]] = {
-    "grpo": dict(replay=False, bcq=False, ncq=False, hint=False, prefix=False, distill=""),
-    "grpo_replay": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False, distill=""),
-    "grpo_both": dict(replay=False, bcq=True, ncq=True, hint=False, prefix=False, distill=""),
-    "grpo_replay_bcq": dict(replay=True, bcq=True, ncq=False, hint=False, prefix=False, distill=""),
-    "grpo_replay_ncq": dict(replay=True, bcq=False, ncq=True, hint=False, prefix=False, distill=""),
-    "zppo": dict(replay=True, bcq=True, ncq=True, hint=False, prefix=False, distill=""),
-    "hint": dict(replay=True, bcq=False, ncq=False, hint=True, prefix=False, distill=""),
-    "prefix": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=True, distill=""),
-    "off_distill": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False,
-                        distill="off"),
-    "on_distill": dict(replay=True, bcq=False, ncq=False, hint=False, prefix=False, distill="on"),
+@dataclasses.dataclass(frozen=True)
+class MethodFlags:
+  """The parts of the step a method switches on.
+
+  Attributes:
+    replay: the prompt replay buffer (X_replay, step 10).
+    bcq: BCQ prompts (candidate answers from teacher rollouts).
+    ncq: NCQ prompts (no candidate).
+    hint: the Hint baseline (a teacher-written hint in the prompt).
+    prefix: the Prefix baseline (a forced prefix of a correct teacher rollout).
+    distill: "" (policy gradient), "off" (JSD on correct teacher rollouts) or "on" (JSD on the
+      student's rollouts).
+  """
+  replay: bool = False
+  bcq: bool = False
+  ncq: bool = False
+  hint: bool = False
+  prefix: bool = False
+  distill: str = ""
+
+  @property
+  def reformulates(self) -> bool:
+    """Whether the step builds extra prompts (BCQ / NCQ, hint or prefix)."""
+    return self.bcq or self.ncq or self.hint or self.prefix
+
+  def needs_teacher(self, compress: bool) -> bool:
+    """Whether the teacher is asked (NCQ alone asks it only to compress candidates)."""
+    return self.bcq or self.hint or self.prefix or bool(self.distill) or (self.ncq and compress)
+
+
+# One loop runs all of them.
+METHODS: dict[str, MethodFlags] = {
+    "grpo": MethodFlags(),
+    "grpo_replay": MethodFlags(replay=True),
+    "grpo_both": MethodFlags(bcq=True, ncq=True),
+    "grpo_replay_bcq": MethodFlags(replay=True, bcq=True),
+    "grpo_replay_ncq": MethodFlags(replay=True, ncq=True),
+    "zppo": MethodFlags(replay=True, bcq=True, ncq=True),
+    "hint": MethodFlags(replay=True, hint=True),
+    "prefix": MethodFlags(replay=True, prefix=True),
+    "off_distill": MethodFlags(replay=True, distill="off"),
+    "on_distill": MethodFlags(replay=True, distill="on"),
 }
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -86,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.loss_agg = "token_mean"
   c.rl.kl_coef = 0.0
   c.rl.kl_estimator = "k3"
+  c.rl.policy_loss = "ppo"         # by name in rl.losses.POLICY_LOSSES
   c.rl.cache_teacher_rollouts = False
   c.rl.compress = True
   c.rl.compress_max_tokens = 512
@@ -113,44 +144,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
   c.optim.state_dtype = "bfloat16"
 
-  c.demo = ml_collections.ConfigDict()
-  c.demo.enabled = False          # build the procedural task, tokenizer and warm-started models
-  c.demo.cache_dir = ""
-  c.demo.train_levels = (1, 2, 3)
-  c.demo.eval_level = 3
-  c.demo.num_train = 4096
-  c.demo.num_eval = 64
-  c.demo.vocab_size = 512
-  c.demo.student_hidden = 64
-  c.demo.student_layers = 4
-  c.demo.teacher_hidden = 96
-  c.demo.teacher_layers = 4
-  c.demo.attention_every = 2      # full attention every this many layers (the rest GDN)
-  c.demo.student_sft_levels = (1, 2)
-  c.demo.teacher_sft_levels = (1, 2, 3)
-  c.demo.sft_examples_per_level = 2000
-  c.demo.student_sft_steps = 400
-  c.demo.teacher_sft_steps = 400
-  c.demo.student_sft_batch = 32   # examples per SFT step
-  c.demo.teacher_sft_batch = 16
-  c.demo.sft_row_len = 384        # packed SFT rows (fewer padded tokens than longer rows)
-  c.demo.sft_lr = 3e-3
-  # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
-  # on rendered digits; student and teacher are multimodal with a tiny vision tower.
-  c.demo.visual = False
-  c.demo.image_size = 64          # rendered images are image_size x image_size pixels
-  c.demo.vision_depth = 1
-  c.demo.vision_hidden = 32
   return c
 
 
-def method_flags(config: ml_collections.ConfigDict) -> dict[str, object]:
+def method_flags(config: ml_collections.ConfigDict) -> MethodFlags:
   """What `config.method` switches on; raises naming the method when it is unknown."""
   if config.method not in METHODS:
     raise ValueError(f"unknown method {config.method!r}; choose one of {sorted(METHODS)}")
-  flags_ = dict(METHODS[config.method])
-  if flags_["distill"]:
-    flags_["replay"] = bool(config.rl.distill_with_buffer)
+  flags_ = METHODS[config.method]
+  if flags_.distill:
+    flags_ = dataclasses.replace(flags_, replay=bool(config.rl.distill_with_buffer))
   return flags_
 
 

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 
-from zppo_jax.data import demo_task, demo_tokenizer
+from zppo_jax.data import demo_task, demo_tokenizer, packing
 from zppo_jax.zppo import templates
 
 
@@ -127,7 +127,7 @@ def prepare(config, stream=None) -> pathlib.Path:
 def _build(config, root: pathlib.Path, stream) -> None:
   from flax import nnx
   from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
-  from zppo_jax.train import run, sft
+  from zppo_jax.train import model_io, sft
 
   demo = config.demo
   root.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def _build(config, root: pathlib.Path, stream) -> None:
   if demo.visual:
     tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
     tokenizer.save_pretrained(str(root / "tokenizer"))
-  vocab = 1 << (len(tokenizer) - 1).bit_length()
+  vocab = packing.bucket(len(tokenizer))
   stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
   row_len = int(demo.sft_row_len)
   for role, pairs, steps in (("student", student_pairs, demo.student_sft_steps),
@@ -173,7 +173,7 @@ def _build(config, root: pathlib.Path, stream) -> None:
                   seed=config.seed, row_len=row_len, log_every=max(steps // 4, 1), stream=stream)
     if demo.visual:
       model = _with_vision_tower(config, model, tokenizer, seed=config.seed + 2)
-    run.save_model(model, root / role, tokenizer)
+    model_io.save_model(model, root / role, tokenizer)
 
 
 def _with_vision_tower(config, language_model, tokenizer, seed: int):

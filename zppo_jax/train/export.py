@@ -17,10 +17,9 @@ import ml_collections
 def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None) -> int:
   """Writes the latest student of `workdir` to `out_dir`; returns the exported step."""
   from zppo_jax.models.qwen3_5.multimodal import text_decoder
-  from zppo_jax.train import run
+  from zppo_jax.train import model_io
   from zppo_jax.train.checkpointing import RunCheckpointer
-  from zppo_jax.train.learner import Learner
-  from zppo_jax.train.student import learner_config
+  from zppo_jax.train.learner import Learner, LearnerConfig
 
   stream = stream or sys.stderr
   workdir = pathlib.Path(workdir)
@@ -28,18 +27,18 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a `zppo train` run directory?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  model = run.load_model(config.student.checkpoint, config.student.compute_dtype,
+  model = model_io.load_model(config.student.checkpoint, config.student.compute_dtype,
                          config.student.param_dtype)
   text = text_decoder(model)  # The learner trains the text decoder; a vision tower is frozen.
-  learner = Learner(text, learner_config(config, config.rl.inner_updates))
+  learner = Learner(text, LearnerConfig.from_config(config))
   restored = RunCheckpointer(workdir, keep=config.keep_checkpoints, async_save=False).restore(
       learner.state)
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint under {workdir / 'checkpoints'}")
   learner.state = restored.state
   learner.update_model(text)
-  tokenizer = run.load_tokenizer(config.data.tokenizer or config.student.checkpoint)
-  run.save_model(model, out_dir, tokenizer)
+  tokenizer = model_io.load_tokenizer(config.data.tokenizer or config.student.checkpoint)
+  model_io.save_model(model, out_dir, tokenizer)
   print(f"export: step {restored.step} of {workdir} written to {out_dir}", file=stream)
   return restored.step
 

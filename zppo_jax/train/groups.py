@@ -1,5 +1,8 @@
 """Rollout groups: the unit the step loop samples, grades, reformulates and turns into advantages.
 
+A rollout has two forms: sampled (a `Completion` in the `Group` of its `RolloutSpec`) and trained
+(a `TrainSequence` with its advantage, which the student packs).
+
 A group is G rollouts of one prompt; its kind says which prompt it was (the plain question, its BCQ
 or NCQ reformulation, a hinted question, or a forced teacher prefix). Plain, BCQ and NCQ rollouts of
 one question are separate groups with separate baselines (shared/ZPPO_SPEC.md §2.8).
@@ -26,6 +29,52 @@ class TextPolicy(Protocol):
   def generate(self, prompts: Sequence[Sequence[int]], *, num_samples: int, max_new_tokens: int,
                seed: int) -> list[list[Completion]]:
     """`num_samples` completions per prompt, reproducible for a fixed seed and parameters."""
+
+
+def sample(sampler, sampling, prompts: Sequence[Sequence[int]], *, num_samples: int,
+           max_new_tokens: int, seed: int) -> list[list[Completion]]:
+  """`TextPolicy.generate` for a `sampling.Sampler` with its `SamplingParams` (student, teacher)."""
+  params = dataclasses.replace(sampling, num_samples=num_samples, max_new_tokens=max_new_tokens)
+  out = sampler.generate(prompts, params, seed=seed)
+  return [[Completion(t, lp) for t, lp in zip(ts, lps)]
+          for ts, lps in zip(out.tokens, out.logprobs)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+  """A prompt the loop rolls out G_S times.
+
+  Attributes:
+    record: the original question record (question, answer, ...), graded against.
+    kind: one of KINDS.
+    prompt_ids: the prompt's token ids (an `ImagePrompt` when the question has images).
+    prefix: forced response prefix (Prefix baseline: a correct teacher rollout's first tokens),
+      sampled from but kept out of the loss.
+    extra: what the reformulation used (candidate answers, ...), for the diagnostics.
+  """
+  record: dict
+  kind: str
+  prompt_ids: list[int]
+  prefix: tuple[int, ...] = ()
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrainSequence:
+  """One rollout as the learner sees it (packed by `train.student.Student.pack`).
+
+  Attributes:
+    prompt_ids: the prompt.
+    tokens: the response (for Prefix, forced prefix first).
+    old_logprobs: log-probabilities of `tokens` under the sampling policy (temperature 1).
+    advantage: its advantage A.
+    loss_start: leading response tokens kept out of the loss.
+  """
+  prompt_ids: list[int]
+  tokens: list[int]
+  old_logprobs: list[float]
+  advantage: float
+  loss_start: int = 0
 
 
 @dataclasses.dataclass

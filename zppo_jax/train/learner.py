@@ -1,15 +1,17 @@
 """The learner: jitted policy-gradient and distillation updates of the student.
 
-One rollout step (Algorithm 1, step 9) arrives as packed rows (`zppo_jax.data.packing`). The learner
+One rollout step (Algorithm 1, step 9) arrives as I packed mini-batches (`zppo_jax.data.packing`;
+rows hold whole sequences, so no rollout is used twice). The caller (`train.student.Student`)
 
-1. computes log π_old of every trained token once, with the parameters before any update (or takes
-   the sampler's log-probs, by `LearnerConfig.old_logprobs`);
-2. splits the rows into I equal, disjoint mini-batches (rows hold whole sequences, so no rollout is
-   used twice) and applies one AdamW update per mini-batch;
-3. inside each jitted update, accumulates gradients over micro-batches with `lax.scan`; the loss is
+1. asks `old_logprobs` for log π_old of the trained tokens of all I mini-batches at once, with
+   the parameters before any update (or takes the sampler's, by `LearnerConfig.old_logprobs`);
+2. calls `update` once per mini-batch: one AdamW update each.
+
+The learner
+1. inside each jitted update, accumulates gradients over micro-batches with `lax.scan`; the loss is
    a weighted token sum whose weights are computed over the whole mini-batch first, so accumulation
    is exact for every aggregation;
-4. skips (and counts) an update whose loss or gradient norm is not finite: parameters and optimizer
+2. skips (and counts) an update whose loss or gradient norm is not finite: parameters and optimizer
    state are returned unchanged.
 
 The model is split once into a static graphdef and a state; parameters and optimizer state live in a
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -43,87 +45,79 @@ OLD_LOGPROB_SOURCES = ("recompute", "sampler")
 _SUMMED_METRICS = ("pg_loss",)
 
 
+# The run config's `rl` fields the learner takes, under the same names.
+RL_FIELDS = ("micro_batch_rows", "clip_low", "clip_high", "dual_clip", "loss_agg", "kl_coef",
+             "kl_estimator", "jsd_beta", "policy_loss")
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-  """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3).
+  """Learner hyper-parameters; defaults are the paper's (ZPPO_SPEC.md §2-3). The fields shared
+  with the run config keep its names (`LearnerConfig.from_config`).
 
   Attributes:
-    num_updates: I, disjoint mini-batches (= optimizer updates) per rollout step (4).
-    micro_batch_rows: packed rows per gradient-accumulation micro-batch; None = the whole
+    micro_batch_rows: packed rows per gradient-accumulation micro-batch; 0 = the whole
       mini-batch in one pass.
     clip_low: ε_low, lower clip of the importance ratio (0.20).
     clip_high: ε_high, upper clip (clip-higher, 0.28).
-    dual_clip: c, dual-clip bound for negative advantages (10); None disables it.
+    dual_clip: c, dual-clip bound for negative advantages (10); 0 disables it.
     loss_agg: aggregation: "token_mean" (the paper's), "seq_mean_token_mean",
       "seq_mean_token_sum_norm" (Dr. GRPO; needs `max_response_len`).
-    max_response_len: the constant normaliser of "seq_mean_token_sum_norm".
     kl_coef: β_KL of the KL(π_θ ‖ π_ref) penalty (0: off; the batch must then hold `ref_logprobs`).
     kl_estimator: "k1", "k2" or "k3".
+    jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
+    policy_loss: the policy loss, by its name in `losses.POLICY_LOSSES` ("ppo").
+    max_response_len: the constant normaliser of "seq_mean_token_sum_norm".
     old_logprobs: "recompute" (log π_old from the learner's parameters before the first update) or
       "sampler" (the sampler's log-probs stand in for π_old).
     tis_cap: C of the truncated importance weight min(π_old / π_sampler, C) applied when old
       log-probs are recomputed; None disables it.
-    learning_rate: η, constant (1e-6, no warm-up).
-    adam_b1: β₁ (0.9).
-    adam_b2: β₂ (0.999).
-    adam_eps: ε (1e-8).
-    weight_decay: λ, decoupled (0.1).
-    max_grad_norm: global-norm clip (1.0).
-    opt_state_dtype: storage of the Adam moments, "float32" (default) or "bfloat16" (the
-      paper's setting; the one default here that differs from the paper, so that fp32 runs and
-      tests are exact).
     token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
-    jsd_beta: β of the generalised JSD of the distillation baselines (0.5).
+    optim: the optimizer (`optim.OptimConfig`, the run config's `optim` group).
   """
-  num_updates: int = 4
-  micro_batch_rows: int | None = None
+  micro_batch_rows: int = 0
   clip_low: float = 0.2
   clip_high: float = 0.28
-  dual_clip: float | None = 10.0
+  dual_clip: float = 10.0
   loss_agg: str = "token_mean"
-  max_response_len: int | None = None
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
+  jsd_beta: float = 0.5
+  policy_loss: str = "ppo"
+  max_response_len: int | None = None
   old_logprobs: str = "recompute"
   tis_cap: float | None = None
-  learning_rate: float = 1e-6
-  adam_b1: float = 0.9
-  adam_b2: float = 0.999
-  adam_eps: float = 1e-8
-  weight_decay: float = 0.1
-  max_grad_norm: float | None = 1.0
-  opt_state_dtype: str = "float32"
   token_chunk: int = 1024
   vocab_chunk: int | None = None
-  jsd_beta: float = 0.5
+  optim: optim.OptimConfig = optim.OptimConfig()
 
   def __post_init__(self):
     errors = []
-    if self.num_updates < 1:
-      errors.append(f"num_updates must be >= 1, got {self.num_updates}")
-    if self.micro_batch_rows is not None and self.micro_batch_rows < 1:
-      errors.append(f"micro_batch_rows must be >= 1 or None, got {self.micro_batch_rows}")
+    if self.micro_batch_rows < 0:
+      errors.append(f"micro_batch_rows must be >= 0, got {self.micro_batch_rows}")
     if self.loss_agg not in losses.AGGREGATIONS:
       errors.append(f"loss_agg {self.loss_agg!r} not in {losses.AGGREGATIONS}")
     if self.loss_agg == "seq_mean_token_sum_norm" and not self.max_response_len:
       errors.append("loss_agg='seq_mean_token_sum_norm' needs max_response_len")
     if self.kl_estimator not in losses.KL_ESTIMATORS:
       errors.append(f"kl_estimator {self.kl_estimator!r} not in {sorted(losses.KL_ESTIMATORS)}")
+    if self.policy_loss not in losses.POLICY_LOSSES:
+      errors.append(f"policy_loss {self.policy_loss!r} not in {sorted(losses.POLICY_LOSSES)}")
     if self.old_logprobs not in OLD_LOGPROB_SOURCES:
       errors.append(f"old_logprobs {self.old_logprobs!r} not in {OLD_LOGPROB_SOURCES}")
-    if self.opt_state_dtype not in optim.STATE_DTYPES:
-      errors.append(f"opt_state_dtype {self.opt_state_dtype!r} not in {sorted(optim.STATE_DTYPES)}")
     if not 0.0 < self.jsd_beta < 1.0:
       errors.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
     if errors:
       raise ValueError("invalid LearnerConfig: " + "; ".join(errors))
 
-  def optimizer(self) -> optax.GradientTransformation:
-    return optim.make_optimizer(
-        self.learning_rate, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps,
-        weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-        state_dtype=self.opt_state_dtype)
+  @classmethod
+  def from_config(cls, config) -> LearnerConfig:
+    """The learner of a run config: its `rl` fields, its `optim` group, and the response budget
+    `sampling.max_new_tokens` as the Dr. GRPO normaliser."""
+    return cls(**{f: config.rl[f] for f in RL_FIELDS},
+               max_response_len=config.sampling.max_new_tokens,
+               optim=optim.OptimConfig(**config.optim))
 
 
 @flax.struct.dataclass
@@ -170,20 +164,21 @@ class Learner:
     cfg: `LearnerConfig`.
     mesh: device mesh; None runs unsharded on the default device.
     rules: logical-axis rule set used under the mesh (default `parallel.TRAIN_RULES`).
+    tx: the optimizer; None = `cfg.optim.optimizer()` (AdamW). Tests that compare parameters
+      across layouts pass plain SGD, whose update does not amplify reduction-order noise.
   """
 
   def __init__(self, model: nnx.Module, cfg: LearnerConfig, *, mesh=None,
-               rules: parallel.Rules = parallel.TRAIN_RULES):
+               rules: parallel.Rules = parallel.TRAIN_RULES,
+               tx: optax.GradientTransformation | None = None):
     self.cfg = cfg
     self.mesh = mesh
     self.rules = rules
     self.graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
-    self.tx = cfg.optimizer()
+    self.tx = cfg.optim.optimizer() if tx is None else tx
     with self._context():
       state_sh = self._state_shardings(params)
-      init = lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
-                                  jnp.zeros([], jnp.int32))
-      self.state = jax.jit(init, out_shardings=state_sh)(params)
+      self.state = jax.jit(self._init_state, out_shardings=state_sh)(params)
     self._jit_steps(state_sh)
 
   def _jit_steps(self, state_sh) -> None:
@@ -206,11 +201,10 @@ class Learner:
     learner = cls.__new__(cls)
     learner.cfg, learner.mesh, learner.rules = cfg, mesh, rules
     learner.graphdef, params, learner._rest = nnx.split(model, nnx.Param, ...)
-    learner.tx = cfg.optimizer()
+    learner.tx = cfg.optim.optimizer()
     with learner._context():
       state_sh = learner._state_shardings(params)
-      state = jax.eval_shape(lambda p: TrainState(p, learner.tx.init(p), jnp.zeros([], jnp.int32),
-                                                  jnp.zeros([], jnp.int32)), params)
+      state = jax.eval_shape(learner._init_state, params)
     if state_sh is not None:
       state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            state, state_sh)
@@ -220,11 +214,16 @@ class Learner:
 
   def lower_update(self, batch: Batch):
     """The jitted policy update lowered for `self.state` and `batch` (arrays or
-    `jax.ShapeDtypeStruct`s of `train_step`'s rows, placed as `train_step` places them)."""
+    `jax.ShapeDtypeStruct`s of `update`'s rows, placed as `update` places them)."""
     with self._context():
       return self._update.lower(self.state, batch)
 
   # --- Set-up helpers. ---
+
+  def _init_state(self, params) -> TrainState:
+    """The state before the first update: fresh optimizer moments, zero counters."""
+    return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32),
+                      jnp.zeros([], jnp.int32))
 
   def _context(self):
     if self.mesh is None:
@@ -237,8 +236,7 @@ class Learner:
   def _state_shardings(self, params):
     if self.mesh is None:
       return None
-    abstract = jax.eval_shape(lambda p: TrainState(p, self.tx.init(p), jnp.zeros([], jnp.int32),
-                                                   jnp.zeros([], jnp.int32)), params)
+    abstract = jax.eval_shape(self._init_state, params)
     replicated = NamedSharding(self.mesh, PartitionSpec())
 
     def one(path, leaf):
@@ -343,12 +341,13 @@ class Learner:
     weights = losses.token_weights(batch["loss_mask"], cfg.loss_agg,
                                    segment_ids=batch["segment_ids"], max_len=cfg.max_response_len)
     micro = self._micro_batches(dict(batch, weights=weights))
+    policy_loss = losses.get_policy_loss(cfg.policy_loss)
 
     def loss_fn(params, mb):
       lp, ent = self._token_logprobs(params, mb)
-      loss, metrics = losses.policy_loss(
+      loss, metrics = policy_loss(
           lp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], clip_low=cfg.clip_low,
-          clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, weights=mb["weights"],
+          clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None, weights=mb["weights"],
           ref_logprobs=mb.get("ref_logprobs"), kl_coef=cfg.kl_coef,
           kl_estimator=cfg.kl_estimator, sampler_logprobs=mb.get("sampler_logprobs"),
           tis_cap=cfg.tis_cap if cfg.old_logprobs == "recompute" else None)
@@ -391,36 +390,37 @@ class Learner:
     with self._context():
       return self._logprobs(self.state.params, self._put({k: batch[k] for k in keys}))
 
-  def train_step(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-    """One rollout step: old log-probs once, then I updates on disjoint row blocks.
+  def old_logprobs(self, minibatches: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    """log π_old float32[R, T] of every mini-batch of a step, taken before its first `update`.
+
+    Recomputed with the current parameters in one pass over the rows of all mini-batches (the
+    same program whatever I is), or the sampler's log-probs (`LearnerConfig.old_logprobs`).
+    """
+    if self.cfg.old_logprobs != "recompute":
+      return [mb["sampler_logprobs"] for mb in minibatches]
+    keys = ("tokens", "targets", "positions", "segment_ids") + _vision_keys(minibatches[0])
+    rows = {k: np.concatenate([mb[k] for mb in minibatches], axis=1 if k == "positions" else 0)
+            for k in keys}
+    sizes = [mb["tokens"].shape[0] for mb in minibatches]
+    return np.split(np.asarray(self.logprobs(rows)), np.cumsum(sizes)[:-1])
+
+  def update(self, minibatch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """One AdamW update on the policy loss of one mini-batch (skipped when not finite).
 
     Args:
-      batch: packed arrays (`PackedBatch.arrays()` plus optionally `ref_logprobs`) with R rows,
-        R divisible by `num_updates` (× `micro_batch_rows`).
+      minibatch: packed arrays (`PackedBatch.arrays()` plus `old_logprobs` and optionally
+        `ref_logprobs`) with R rows, R divisible by `micro_batch_rows`.
 
     Returns:
-      One metrics dict per update (loss, grad_norm, skipped, clip fractions, entropy, ...).
+      The update's metrics as device scalars (loss, grad_norm, skipped, clip fractions, entropy,
+      ...); `jax.device_get` them after the step's last update.
     """
-    batch = dict(batch)
-    rows, n = batch["tokens"].shape[0], self.cfg.num_updates
-    if rows % n:
-      raise ValueError(f"{rows} rows cannot be split into num_updates={n} equal mini-batches")
-    if self.cfg.old_logprobs == "recompute":
-      batch["old_logprobs"] = np.asarray(self.logprobs(batch))
-    else:
-      batch["old_logprobs"] = batch["sampler_logprobs"]
-    size = rows // n
-    out = []
     with self._context():
-      for i in range(n):
-        mini = {k: (v[:, i * size:(i + 1) * size] if k == "positions" else
-                    v[i * size:(i + 1) * size]) for k, v in batch.items()}
-        self.state, metrics = self._update(self.state, self._put(mini))
-        out.append(metrics)
-    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(out)]
+      self.state, metrics = self._update(self.state, self._put(minibatch))
+    return metrics
 
-  def distill_step(self, batch: Mapping[str, np.ndarray], teacher_kernel: jax.Array
-                   ) -> dict[str, float]:
+  def distill_update(self, batch: Mapping[str, np.ndarray], teacher_kernel: jax.Array
+                     ) -> dict[str, float]:
     """One JSD update on the given tokens (Off/On-Distill: a single update per step).
 
     Args:

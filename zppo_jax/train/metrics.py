@@ -14,6 +14,10 @@ import sys
 import time
 from typing import Mapping, TextIO
 
+# The progress line: label -> metric key (as the trainer writes them).
+_PROGRESS = {"reward": "reward/plain", "buffer": "buffer/size", "bcq": "reform/bcq",
+             "ncq": "reform/ncq", "loss": "update/loss"}
+
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   """The rows of `WORKDIR/metrics.jsonl` (empty if there is none)."""
@@ -89,9 +93,8 @@ class MetricsWriter:
     done = step - self.start_step
     elapsed = time.time() - self._t0
     eta = elapsed / max(done, 1) * (self.total_steps - step)
-    shown = " ".join(f"{k.split('/')[-1]}={row[k]:.3g}" for k in
-                     ("reward/plain", "buffer/size", "reform/bcq_built", "reform/ncq_built",
-                      "loss") if isinstance(row.get(k), (int, float)))
+    shown = " ".join(f"{name}={row[k]:.3g}" for name, k in _PROGRESS.items()
+                     if isinstance(row.get(k), (int, float)))
     width = 24
     filled = int(width * step / max(self.total_steps, 1))
     bar = "#" * filled + "." * (width - filled)

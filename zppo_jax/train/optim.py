@@ -7,6 +7,7 @@ decay scaled by the learning rate.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -69,3 +70,36 @@ def make_optimizer(learning_rate: float = 1e-6, *, b1: float = 0.9, b2: float = 
     parts.append(optax.add_decayed_weights(weight_decay))
   parts.append(optax.scale(-learning_rate))
   return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The optimizer's fields, named as in the run config's `optim` group:
+  `OptimConfig(**config.optim)`.
+
+  Attributes:
+    lr: η, constant (1e-6, no warm-up).
+    b1: β₁ (0.9).
+    b2: β₂ (0.999).
+    eps: ε (1e-8).
+    weight_decay: λ, decoupled (0.1).
+    clip_norm: global-norm clip (1.0); 0 = off.
+    state_dtype: storage of the Adam moments, "float32" (the default here, so that fp32 runs and
+      tests are exact) or "bfloat16" (the paper's, set in the run config).
+  """
+  lr: float = 1e-6
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  clip_norm: float = 1.0
+  state_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.state_dtype not in STATE_DTYPES:
+      raise ValueError(f"optim.state_dtype {self.state_dtype!r} not in {sorted(STATE_DTYPES)}")
+
+  def optimizer(self) -> optax.GradientTransformation:
+    return make_optimizer(self.lr, b1=self.b1, b2=self.b2, eps=self.eps,
+                          weight_decay=self.weight_decay, max_grad_norm=self.clip_norm or None,
+                          state_dtype=self.state_dtype)

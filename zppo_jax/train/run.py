@@ -12,13 +12,13 @@ environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
 
 from zppo_jax import distributed
 from zppo_jax.train.config_check import parse_checked
+from zppo_jax.train.model_io import load_model, load_tokenizer
 
 DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
@@ -29,29 +29,6 @@ def enable_compilation_cache(path: str) -> None:
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def load_tokenizer(path: str):
-  import transformers  # Heavy; only when a run is built.
-  return transformers.AutoTokenizer.from_pretrained(path)
-
-
-def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None):
-  """A Qwen3.5 HF checkpoint directory as our text model."""
-  import jax.numpy as jnp
-  from zppo_jax.models.qwen3_5.checkpoint import load_pretrained
-  return load_pretrained(path, dtype=jnp.dtype(dtype),
-                         param_dtype=jnp.dtype(param_dtype or dtype), mesh=mesh)
-
-
-def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:
-  """Writes `model` (and the tokenizer) as an HF checkpoint directory."""
-  from zppo_jax.models.qwen3_5.checkpoint import save_pretrained
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  save_pretrained(model, str(out_dir))
-  if tokenizer is not None:
-    tokenizer.save_pretrained(str(out_dir))
 
 
 def make_grader(config, teacher=None, tokenizer=None):
@@ -96,7 +73,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   from zppo_jax.train import augment
   from zppo_jax.train.config import method_flags
   from zppo_jax.train.student import Student
-  from zppo_jax.train.teacher import Teacher, make_mesh_for, split_devices
+  from zppo_jax.train.teacher import Teacher, make_mesh_for
   from zppo_jax.train.trainer import Trainer
 
   stream = stream or sys.stderr
@@ -108,16 +85,14 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
-  student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction,
-                                                              split_devices)
+  student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction)
   student_mesh = make_mesh_for(student_devices)
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
                      config.student.param_dtype, mesh=student_mesh)
   student = Student(model, config, stop_ids, mesh=student_mesh)
   flags = method_flags(config)
   teacher = None
-  if config.teacher.checkpoint and (flags["bcq"] or flags["hint"] or flags["prefix"]
-                                    or flags["distill"] or flags["ncq"]):
+  if config.teacher.checkpoint and (flags.reformulates or flags.distill):
     teacher_mesh = make_mesh_for(teacher_devices)
     teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
                                config.teacher.param_dtype, mesh=teacher_mesh)
@@ -176,7 +151,7 @@ def main(argv: list[str]) -> int:
   workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr
-  if config.demo.enabled:
+  if "demo" in config:   # The demo config (configs/demo.py) builds its models and data.
     from zppo_jax.train import demo
     if distributed.is_main():   # Builds the cache once; the other processes then find it.
       demo.prepare(config, stream=stream)

@@ -26,10 +26,6 @@ from zppo_jax.rl import logprobs as logprobs_lib
 from zppo_jax.train import optim
 
 
-def _bucket(n: int) -> int:
-  return 1 << (max(n, 1) - 1).bit_length()
-
-
 @functools.lru_cache(maxsize=None)
 def _optimizer_and_step(learning_rate: float, weight_decay: float):
   """One optimizer and jitted step per setting, so models of one shape share the compile."""
@@ -79,7 +75,7 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
   longest = max(len(p) + len(r) for p, r in examples)
   if longest > row_len:
     raise ValueError(f"an SFT example has {longest} tokens, more than row_len={row_len}")
-  rows = _bucket(-(-batch_size // max(row_len // longest, 1)))
+  rows = packing.bucket(-(-batch_size // max(row_len // longest, 1)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, sft_step = _optimizer_and_step(float(learning_rate), float(weight_decay))
   opt_state = tx.init(params)
@@ -117,7 +113,7 @@ def main(argv: list[str]) -> int:
   """
   import argparse
   from zppo_jax.models.qwen3_5.multimodal import text_decoder
-  from zppo_jax.train import run  # The model loader; imported late to keep --help cheap.
+  from zppo_jax.train import model_io  # Imported late to keep --help cheap.
   from zppo_jax.train.augment import user_text
   parser = argparse.ArgumentParser(prog="zppo sft")
   parser.add_argument("--model", required=True, help="HF checkpoint directory to start from")
@@ -130,8 +126,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--row_len", type=int, default=4096)
   args = parser.parse_args(argv)
-  tokenizer = run.load_tokenizer(args.tokenizer or args.model)
-  model = run.load_model(args.model, "float32")
+  tokenizer = model_io.load_tokenizer(args.tokenizer or args.model)
+  model = model_io.load_model(args.model, "float32")
   rows = [json.loads(line) for line in pathlib.Path(args.data).read_text().splitlines()
           if line.strip()]
   bad = [i for i, r in enumerate(rows) if not (r.get("question") and r.get("response"))]
@@ -142,6 +138,6 @@ def main(argv: list[str]) -> int:
                            stop)
   train_sft(text_decoder(model), examples, steps=args.steps, batch_size=args.batch,
             learning_rate=args.lr, seed=args.seed, row_len=args.row_len)
-  run.save_model(model, args.out, tokenizer)
+  model_io.save_model(model, args.out, tokenizer)
   print(f"sft: wrote {args.out}")
   return 0

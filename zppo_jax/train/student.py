@@ -1,9 +1,9 @@
 """The student as the step loop sees it: the sampler and the learner over one Qwen3.5 model.
 
 `train_step` takes the step's rollouts already split into the I disjoint mini-batches, packs each
-mini-batch into the same number of fixed-length rows (bucketed to powers of two so a run compiles a
-handful of programs), and hands the concatenated rows to `Learner.train_step`, which applies one
-update per row block. After an update the sampler gets the new weights.
+mini-batch once into the same number of fixed-length rows (bucketed to powers of two so a run
+compiles a handful of programs), asks the learner for every mini-batch's old log-probs, then calls
+`Learner.update` once per mini-batch. After the step the sampler gets the new weights.
 
 A multimodal student (`Qwen3_5ForConditionalGeneration`) samples prompts with images
 (`data.prompts.ImagePrompt`); its vision tower is frozen and the learner trains the text decoder,
@@ -12,7 +12,6 @@ on packed rows that carry the same image features and 3-axis positions the sampl
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -23,20 +22,8 @@ from zppo_jax.data.prompts import ImagePrompt
 from zppo_jax.data.vision import VisionProcessorConfig
 from zppo_jax.models.qwen3_5.multimodal import Qwen3_5ForConditionalGeneration, text_decoder
 from zppo_jax.sampling import Sampler, SamplingParams, media
-from zppo_jax.train.groups import Completion
+from zppo_jax.train.groups import Completion, sample
 from zppo_jax.train.learner import Learner, LearnerConfig
-
-
-def learner_config(config, num_updates: int) -> LearnerConfig:
-  rl, opt = config.rl, config.optim
-  return LearnerConfig(
-      num_updates=num_updates, clip_low=rl.clip_low, clip_high=rl.clip_high,
-      dual_clip=rl.dual_clip or None, loss_agg=rl.loss_agg, kl_coef=rl.kl_coef,
-      kl_estimator=rl.kl_estimator, learning_rate=opt.lr, adam_b1=opt.b1, adam_b2=opt.b2,
-      adam_eps=opt.eps, weight_decay=opt.weight_decay, max_grad_norm=opt.clip_norm or None,
-      opt_state_dtype=opt.state_dtype, jsd_beta=rl.jsd_beta,
-      max_response_len=config.sampling.max_new_tokens,
-      micro_batch_rows=config.rl.micro_batch_rows or None)
 
 
 def vision_processor(model: Qwen3_5ForConditionalGeneration,
@@ -53,10 +40,6 @@ def vision_processor(model: Qwen3_5ForConditionalGeneration,
                   min_side=int(config.data.min_image_side))
   return VisionProcessorConfig(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
                                merge_size=v.spatial_merge_size, **budget)
-
-
-def _bucket(n: int, minimum: int = 1) -> int:
-  return max(minimum, 1 << (max(n, 1) - 1).bit_length())
 
 
 class Student:
@@ -83,42 +66,26 @@ class Student:
     self.sampling = SamplingParams(temperature=config.sampling.temperature,
                                    top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                                    stop_token_ids=tuple(stop_ids))
-    self.learners: dict[int, Learner] = {}
     self.mesh = mesh
-    self.learner = self._learner(config.rl.inner_updates)
-
-  def _learner(self, num_updates: int) -> Learner:
-    """The learner for `num_updates` updates per call (distillation uses one); shared state."""
-    if num_updates not in self.learners:
-      learner = Learner(self.text_model, learner_config(self.config, num_updates), mesh=self.mesh)
-      if self.learners:
-        learner.state = next(iter(self.learners.values())).state
-      self.learners[num_updates] = learner
-    return self.learners[num_updates]
+    self.learner = Learner(self.text_model, LearnerConfig.from_config(config), mesh=mesh)
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
-    params = dataclasses.replace(self.sampling, num_samples=num_samples,
-                                 max_new_tokens=max_new_tokens)
-    out = self.sampler.generate(prompts, params, seed=seed)
-    return [[Completion(t, lp) for t, lp in zip(ts, lps)]
-            for ts, lps in zip(out.tokens, out.logprobs)]
+    return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
+                  max_new_tokens=max_new_tokens, seed=seed)
 
   def pack(self, parts: Sequence[Sequence], with_advantages: bool = True,
-           encoder: media.VisionEncoder | None = None) -> dict[str, np.ndarray]:
-    """Packs each mini-batch into the same bucketed number of rows; rows concatenated.
+           encoder: media.VisionEncoder | None = None) -> list[dict[str, np.ndarray]]:
+    """Packs each mini-batch once, all into the same bucketed number of rows.
 
     Image prompts get their features from `encoder` (default: the student's vision tower).
     """
     vision = self._vision_inputs([s for p in parts for s in p], encoder or self.sampler.vision)
-    # First pass for the row count only (no image features: the rows are the same).
-    packed = [self._pack_part(p, None, with_advantages, {}) for p in parts]
-    rows = _bucket(max(b.tokens.shape[0] for b in packed),
-                   max(int(self.config.rl.min_rows_per_update),
-                       int(self.config.rl.micro_batch_rows)))
-    packed = [self._pack_part(p, rows, with_advantages, vision) for p in parts]
-    return {k: np.concatenate([b.arrays()[k] for b in packed], axis=1 if k == "positions" else 0)
-            for k in packed[0].arrays()}
+    needed = max(packing.rows_needed([len(s.prompt_ids) + len(s.tokens) for s in p], self.row_len)
+                 for p in parts)
+    rows = packing.bucket(needed, max(int(self.config.rl.min_rows_per_update),
+                                      int(self.config.rl.micro_batch_rows)))
+    return [self._pack_part(p, rows, with_advantages, vision).arrays() for p in parts]
 
   def _vision_inputs(self, sequences, encoder) -> dict[int, tuple]:
     """id(prompt) -> (positions, image mask, features) of each distinct image prompt (the G
@@ -145,28 +112,31 @@ class Student:
         prompt_features=[None if x is None else x[1:] for x in inputs] if vision else None)
 
   def train_step(self, parts: Sequence[Sequence]) -> list[dict[str, float]]:
-    """One optimizer update per mini-batch of `TrainSequence`s (Algorithm 1, step 9)."""
-    learner = self._learner(len(parts))
-    metrics = learner.train_step(self.pack(parts))
-    self._sync(learner)
-    return metrics
+    """One optimizer update per mini-batch of `TrainSequence`s (Algorithm 1, step 9).
+
+    Every mini-batch's log π_old is taken before the first update, so all I updates of the step
+    share the same π_old (the parameters the step's rollouts were sampled with).
+    """
+    minibatches = self.pack(parts)
+    for minibatch, old in zip(minibatches, self.learner.old_logprobs(minibatches)):
+      minibatch["old_logprobs"] = old
+    metrics = [self.learner.update(minibatch) for minibatch in minibatches]
+    self._sync()
+    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
 
   def distill_step(self, sequences: Sequence, teacher) -> dict[str, float]:
     """One JSD update towards the teacher's distributions on `sequences`' response tokens."""
-    learner = self._learner(1)
-    batch = self.pack([sequences], with_advantages=False)
+    [batch] = self.pack([sequences], with_advantages=False)
     # The teacher sees the same packed layout, with its own vision tower's image features.
-    teacher_batch = (self.pack([sequences], with_advantages=False, encoder=teacher.vision)
-                     if "vision_embeds" in batch else batch)
+    [teacher_batch] = (self.pack([sequences], with_advantages=False, encoder=teacher.vision)
+                       if "vision_embeds" in batch else [batch])
     batch["teacher_hidden"] = teacher.hidden_states(teacher_batch)
-    metrics = learner.distill_step(batch, teacher.lm_head_kernel())
-    self._sync(learner)
+    metrics = self.learner.distill_update(batch, teacher.lm_head_kernel())
+    self._sync()
     return metrics
 
-  def _sync(self, learner: Learner) -> None:
-    for other in self.learners.values():
-      other.state = learner.state
-    learner.update_model(self.text_model)
+  def _sync(self) -> None:
+    self.learner.update_model(self.text_model)
     self.sampler.update_params(self.model)
 
   def state(self):
@@ -174,7 +144,7 @@ class Student:
 
   def load_state(self, state) -> None:
     self.learner.state = state
-    self._sync(self.learner)
+    self._sync()
 
   def num_params(self) -> int:
     return int(sum(x.size for x in jax.tree.leaves(self.learner.state.params)))

@@ -2,7 +2,7 @@
 
 The teacher is a second Qwen3.5 checkpoint loaded with the same loader and sampled with the same
 sampler. Its placement is its own: the student's devices (a shared mesh) or a separate group of
-devices, as in the paper's 6:2 split (`split_devices`). The distillation baselines need its
+devices, as in the paper's 6:2 split (`parallel.split_devices`). The distillation baselines need its
 distributions at the student's positions: `hidden_states` runs its forward over the same packed
 rows, and the learner applies its LM head chunk by chunk (`lm_head_kernel`).
 """
@@ -22,19 +22,7 @@ from zppo_jax.models.qwen3_5.multimodal import text_decoder
 from zppo_jax.rewards import JudgeItem, judge_prompt, parse_verdict
 from zppo_jax.sampling import Sampler, SamplingParams
 from zppo_jax.train.learner import packed_hidden
-from zppo_jax.train.groups import Completion
-
-
-def split_devices(fraction: float, devices: Sequence | None = None) -> tuple[list, list]:
-  """(student devices, teacher devices): the last ⌈fraction·n⌉ devices go to the teacher.
-
-  With one device, or `fraction` 0, both share all devices.
-  """
-  devices = list(jax.devices() if devices is None else devices)
-  n_teacher = int(np.ceil(fraction * len(devices)))
-  if fraction <= 0 or len(devices) < 2 or n_teacher >= len(devices):
-    return devices, devices
-  return devices[:-n_teacher], devices[-n_teacher:]
+from zppo_jax.train.groups import Completion, sample
 
 
 class Teacher:
@@ -61,11 +49,8 @@ class Teacher:
 
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
-    params = dataclasses.replace(self.sampling, num_samples=num_samples,
-                                 max_new_tokens=max_new_tokens)
-    out = self.sampler.generate(prompts, params, seed=seed)
-    return [[Completion(t, lp) for t, lp in zip(ts, lps)]
-            for ts, lps in zip(out.tokens, out.logprobs)]
+    return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
+                  max_new_tokens=max_new_tokens, seed=seed)
 
   def hidden_states(self, batch: dict[str, np.ndarray]) -> jax.Array:
     """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`,

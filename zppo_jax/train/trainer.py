@@ -11,7 +11,7 @@ exactly the steps the uninterrupted run would have taken.
 """
 from __future__ import annotations
 
-import dataclasses
+import enum
 import json
 import pathlib
 import random
@@ -26,29 +26,25 @@ from zppo_jax.data.prompts import encode_prompt, join_prompt
 from zppo_jax.train import augment
 from zppo_jax.train.checkpointing import PreemptionFlag, RunCheckpointer, host_fields
 from zppo_jax.train.config import method_flags
-from zppo_jax.train.groups import Completion, Group, TextPolicy, flatten, kind_metrics
+from zppo_jax.train.groups import (Completion, Group, RolloutSpec, TextPolicy, TrainSequence,
+                                   flatten, kind_metrics)
 from zppo_jax.train.metrics import MetricsWriter
+from zppo_jax.zppo.reformulate import Rollout
+from zppo_jax.zppo.teacher_cache import TeacherRolloutCache
 
 
-@dataclasses.dataclass
-class TrainSequence:
-  """One rollout as the learner sees it.
-
-  Attributes:
-    prompt_ids: the prompt.
-    tokens: the response (for Prefix, forced prefix first).
-    old_logprobs: log-probabilities of `tokens` under the sampling policy (temperature 1).
-    advantage: its advantage A.
-    loss_start: leading response tokens kept out of the loss.
-  """
-  prompt_ids: list[int]
-  tokens: list[int]
-  old_logprobs: list[float]
-  advantage: float
-  loss_start: int = 0
+class Stream(enum.IntEnum):
+  """The random streams of a step: each is seeded by (seed, step, stream) alone, so a resumed
+  run draws exactly what the uninterrupted run drew."""
+  STUDENT_ROLLOUTS = 2     # sampling the plain prompts
+  TEACHER_ROLLOUTS = 3     # sampling the teacher on the hard questions
+  REFORMULATION = 4        # the random picks of BCQ / NCQ, hint and prefix building
+  EXTRA_ROLLOUTS = 5       # sampling the BCQ / NCQ / hint / prefix prompts
+  MINIBATCHES = 6          # the shuffle into I disjoint mini-batches
+  TEACHER_TEXT = 7         # the teacher's text jobs (compression, hints)
 
 
-class Learner(TextPolicy, Protocol):
+class StudentPolicy(TextPolicy, Protocol):
   """The student: samples, updates, and has a checkpointable state (`student.Student`)."""
 
   def train_step(self, parts: Sequence[Sequence[TrainSequence]]) -> list[dict[str, float]]:
@@ -75,7 +71,7 @@ class Trainer:
   Args:
     config: the run config (`zppo_jax.train.config.base_config()` fields).
     workdir: run directory (metrics, checkpoints, rejects, plots).
-    student: the learner.
+    student: the student (`student.Student`).
     teacher: the frozen teacher's sampler, or None for methods that never ask it.
     tokenizer: the HF tokenizer shared by student and teacher.
     prompts: the step batches of prompt records (`data.train_data.TrainData`).
@@ -85,9 +81,9 @@ class Trainer:
     stream: where progress and messages go (default stderr).
   """
 
-  def __init__(self, config, workdir, *, student: Learner, teacher: TextPolicy | None, tokenizer,
-               prompts, grader, stop_ids: Sequence[int], eval_records: Sequence[dict] = (),
-               stream=None):
+  def __init__(self, config, workdir, *, student: StudentPolicy, teacher: TextPolicy | None,
+               tokenizer, prompts, grader, stop_ids: Sequence[int],
+               eval_records: Sequence[dict] = (), stream=None):
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.flags = method_flags(config)
@@ -98,7 +94,7 @@ class Trainer:
     self.eval_records = list(eval_records)
     self.stream = stream or sys.stderr
     self.buffer = augment.make_buffer(config)
-    self.teacher_cache: dict[str, list[list[int]]] = {}
+    self.teacher_cache = TeacherRolloutCache(enabled=config.rl.cache_teacher_rollouts)
     # A multimodal student's image preprocessing; learners without a vision tower have none.
     self.vision = getattr(student, "vision", None)
     self.stop_ids = set(stop_ids)
@@ -106,17 +102,15 @@ class Trainer:
     self.step = 0
 
   def _needs_teacher(self) -> bool:
-    f = self.flags
-    return bool(f["bcq"] or f["hint"] or f["prefix"] or f["distill"]
-                or (f["ncq"] and self.config.rl.compress))
+    return self.flags.needs_teacher(self.config.rl.compress)
 
   # --- one step ---
 
-  def _rng(self, step: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([self.config.seed, step, purpose])
+  def _rng(self, step: int, stream: Stream) -> np.random.Generator:
+    return np.random.default_rng([self.config.seed, step, int(stream)])
 
-  def _seed(self, step: int, purpose: int) -> int:
-    return int(self._rng(step, purpose).integers(2**31 - 1))
+  def _seed(self, step: int, stream: Stream) -> int:
+    return int(self._rng(step, stream).integers(2**31 - 1))
 
   def run_step(self, step: int) -> dict[str, float]:
     """Runs step `step` (1-based) and returns its metrics."""
@@ -125,7 +119,7 @@ class Trainer:
     t0 = time.perf_counter()
     new = next(self.prompts)
     replay = []
-    if self.flags["replay"]:
+    if self.flags.replay:
       # Drawn from every process's partition with per-question keys: the same for any process
       # count (`distributed.draw_replay`).
       replay = distributed.draw_replay(self.buffer.records(),
@@ -135,8 +129,8 @@ class Trainer:
     plain_prompts = [augment.record_prompt(self.tokenizer, r, self.vision)
                      for r in [*new, *replay]]
     records = [augment.strip_record(r) for r in new] + [dict(r) for r in replay]
-    plain = self._rollouts([(r, "plain", p, 0) for r, p in zip(records, plain_prompts)],
-                           self._seed(step, 2), times)
+    plain = self._rollouts([RolloutSpec(r, "plain", p) for r, p in zip(records, plain_prompts)],
+                           self._seed(step, Stream.STUDENT_ROLLOUTS), times)
     metrics: dict[str, float] = {"batch/new": len(new), "batch/replay": len(replay)}
     accuracy = {g.qid: g.accuracy for g in plain}
     hard = [g for g in plain if g.accuracy < rl.tau]
@@ -145,16 +139,17 @@ class Trainer:
     extra_groups: list[Group] = []
     teacher_groups: list[Group] = []
     reforms = []
-    if self.flags["bcq"] or self.flags["ncq"] or self.flags["hint"] or self.flags["prefix"]:
-      if self.flags["bcq"] or self.flags["hint"] or self.flags["prefix"]:
+    if self.flags.reformulates:
+      if self.flags.bcq or self.flags.hint or self.flags.prefix:
         teacher_groups = self._teacher_rollouts(hard, step, times)
       t = time.perf_counter()
       specs, reform_metrics, reforms = augment.build_specs(
-          plain, teacher_groups, len(new), cfg, self.flags, random.Random(self._seed(step, 4)),
-          self.tokenizer, self._teacher_text, vision=self.vision)
+          plain, teacher_groups, len(new), cfg, self.flags,
+          random.Random(self._seed(step, Stream.REFORMULATION)), self.tokenizer,
+          self._teacher_text, vision=self.vision)
       times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
       metrics.update(reform_metrics)
-      extra_groups = self._rollouts(specs, self._seed(step, 5), times)
+      extra_groups = self._rollouts(specs, self._seed(step, Stream.EXTRA_ROLLOUTS), times)
     groups = plain + extra_groups
 
     rewards, group_ids = flatten(groups)
@@ -164,10 +159,11 @@ class Trainer:
                                        rl.tau))
 
     t = time.perf_counter()
-    if self.flags["distill"]:
-      metrics.update(self._distill(plain, hard, step, times))
+    if self.flags.distill:
+      metrics.update(self._distill(plain, step, times))
     else:
-      metrics.update(self._policy_updates(groups, advantages, self._rng(step, 6)))
+      metrics.update(self._policy_updates(groups, advantages,
+                                          self._rng(step, Stream.MINIBATCHES)))
     times["time_update"] = time.perf_counter() - t
 
     metrics.update(self._refresh_buffer(accuracy, records))
@@ -186,23 +182,26 @@ class Trainer:
       out[f"buffer/{key}_total"] = self.totals[key]
     return out
 
-  def _rollouts(self, specs, seed: int, times: dict) -> list[Group]:
-    """Samples G_S student rollouts for each (record, kind, prompt_ids, prefix tokens) spec."""
+  def _plain_specs(self, records: Sequence[dict]) -> list[RolloutSpec]:
+    return [RolloutSpec(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision))
+            for r in records]
+
+  def _rollouts(self, specs: Sequence[RolloutSpec], seed: int, times: dict) -> list[Group]:
+    """Samples G_S student rollouts for each spec (after its forced prefix) and grades them."""
     if not specs:
       return []
     t = time.perf_counter()
-    prompts = [join_prompt(ids, prefix) for _, _, ids, prefix in _with_prefix(specs)]
+    prompts = [join_prompt(s.prompt_ids, s.prefix) for s in specs]
     outs = self.student.generate(prompts, num_samples=self.config.rl.group_size,
                                  max_new_tokens=self.config.sampling.max_new_tokens, seed=seed)
     times["time_rollout"] = times.get("time_rollout", 0.0) + time.perf_counter() - t
     groups = []
-    for (record, kind, ids, prefix, extra), completions in zip(_with_prefix(specs, True), outs):
-      prefix = list(prefix or [])
+    for s, completions in zip(specs, outs):
+      prefix = list(s.prefix)
       full = [Completion(prefix + c.tokens, [0.0] * len(prefix) + list(c.logprobs))
               for c in completions]
-      groups.append(Group(record["id"], kind, record, join_prompt(ids, []), full,
-                          loss_start=len(prefix),
-                          extra=extra))
+      groups.append(Group(s.record["id"], s.kind, s.record, join_prompt(s.prompt_ids, []), full,
+                          loss_start=len(prefix), extra=s.extra))
     self._grade(groups, times)
     return groups
 
@@ -228,7 +227,7 @@ class Trainer:
   def _teacher_text(self, prompts: list[str], max_new_tokens: int) -> list[str]:
     """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept."""
     ids = [encode_prompt(self.tokenizer, p) for p in prompts]
-    seed = self._seed(self.step + 1, 7)
+    seed = self._seed(self.step + 1, Stream.TEACHER_TEXT)
     outs = self.teacher.generate(ids, num_samples=1, max_new_tokens=max_new_tokens, seed=seed)
     return [self.decode(o[0].tokens) for o in outs]
 
@@ -237,25 +236,27 @@ class Trainer:
     if not kept:
       return []
     t = time.perf_counter()
-    rl = self.config.rl
-    todo = [g for g in kept if not (rl.cache_teacher_rollouts and g.qid in self.teacher_cache)]
-    outs = self.teacher.generate([g.prompt_ids for g in todo], num_samples=rl.teacher_group_size,
+    outs = self.teacher.generate([g.prompt_ids for g in kept],
+                                 num_samples=self.config.rl.teacher_group_size,
                                  max_new_tokens=self.config.sampling.teacher_max_new_tokens,
-                                 seed=self._seed(step, 3)) if todo else []
-    fresh = {g.qid: out for g, out in zip(todo, outs)}
-    groups = []
-    for g in kept:
-      completions = fresh[g.qid] if g.qid in fresh else [
-          Completion(tokens, []) for tokens in self.teacher_cache[g.qid]]
-      groups.append(Group(g.qid, "plain", g.record, g.prompt_ids, list(completions)))
+                                 seed=self._seed(step, Stream.TEACHER_ROLLOUTS))
+    groups = [Group(g.qid, "plain", g.record, g.prompt_ids, list(out))
+              for g, out in zip(kept, outs)]
     times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
     self._grade(groups, times)
-    if rl.cache_teacher_rollouts:
+    if self.teacher_cache.enabled:
       for g in groups:
-        correct = [c.tokens for c, r in zip(g.completions, g.rewards) if r > 0]
-        if correct:
-          self.teacher_cache[g.qid] = correct
+        self._add_cached(g)
     return groups
+
+  def _add_cached(self, group: Group) -> None:
+    """Stores a teacher group's correct rollouts and appends those of earlier visits."""
+    fresh = [Rollout.of(x, r, c.tokens)
+             for x, r, c in zip(group.texts, group.rewards, group.completions)]
+    for r in self.teacher_cache.merge(group.qid, fresh)[len(fresh):]:
+      group.completions.append(Completion(list(r.token_ids), []))
+      group.texts.append(r.text)
+      group.rewards.append(r.reward)
 
   def _policy_updates(self, groups: Sequence[Group], advantages: np.ndarray,
                       rng: np.random.Generator) -> dict[str, float]:
@@ -269,10 +270,9 @@ class Trainer:
              for part in np.array_split(order, self.config.rl.inner_updates) if len(part)]
     return _mean_metrics(self.student.train_step(parts), prefix="update/")
 
-  def _distill(self, plain: Sequence[Group], hard: Sequence[Group], step: int,
-               times: dict) -> dict[str, float]:
+  def _distill(self, plain: Sequence[Group], step: int, times: dict) -> dict[str, float]:
     """One JSD update: on correct teacher rollouts (off) or on the student's rollouts (on)."""
-    if self.flags["distill"] == "on":
+    if self.flags.distill == "on":
       batch = [TrainSequence(g.prompt_ids, c.tokens, c.logprobs, 0.0)
                for g in plain for c in g.completions]
     else:
@@ -292,7 +292,7 @@ class Trainer:
     parts = distributed.allgather_objects(self.buffer.state_dict())
     return {"step": self.step, "buffer": parts[0] if len(parts) == 1 else parts,
             "data": self.prompts.state(), "totals": self.totals, "seed": self.config.seed,
-            "teacher_cache": self.teacher_cache}
+            "teacher_cache": self.teacher_cache.state_dict()}
 
   def load_host_state(self, host: dict) -> None:
     self.step = int(host["step"])
@@ -300,7 +300,8 @@ class Trainer:
     self.buffer.load_partitions(buffer if isinstance(buffer, list) else [buffer])
     self.prompts.restore(host["data"])
     self.totals = {k: float(v) for k, v in host["totals"].items()}
-    self.teacher_cache = {k: [list(t) for t in v] for k, v in host["teacher_cache"].items()}
+    # Checkpoints written before the bounded cache hold an empty dict here.
+    self.teacher_cache.load_state_dict(host["teacher_cache"] or [])
 
   # --- the loop ---
 
@@ -308,8 +309,7 @@ class Trainer:
     """Accuracy of the student on the held-out questions (G_S samples each, training sampling)."""
     if not self.eval_records:
       return {}
-    groups = self._rollouts([(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision),
-                              0) for r in self.eval_records], 10**6 + step, {})
+    groups = self._rollouts(self._plain_specs(self.eval_records), 10**6 + step, {})
     return {"eval/accuracy": float(np.mean([g.accuracy for g in groups])),
             "eval/solved": int(sum(g.accuracy > 0 for g in groups))}
 
@@ -346,17 +346,18 @@ class Trainer:
           self.step = step
           if cfg.eval_every and step % cfg.eval_every == 0:
             metrics.update(self.evaluate(step))
-          if writer is not None:
-            writer.write(step, metrics)
           if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or flag.requested:
             t = time.perf_counter()
             ckpt.save(step, self.student.state(), self.host_state(), force=True)
             if flag.requested:
               ckpt.wait()
               preempted = True
-              print(f"train: SIGTERM received; saved step {step} and stopped", file=self.stream)
-              break
             metrics["time_checkpoint"] = time.perf_counter() - t
+          if writer is not None:
+            writer.write(step, metrics)
+          if preempted:
+            print(f"train: SIGTERM received; saved step {step} and stopped", file=self.stream)
+            break
     finally:
       ckpt.close()
       if writer is not None:
@@ -369,15 +370,6 @@ class Trainer:
         summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
     summary["preempted"] = preempted
     return summary
-
-
-def _with_prefix(specs, with_extra: bool = False):
-  """Normalises specs to (record, kind, prompt_ids, prefix tokens[, extra])."""
-  for spec in specs:
-    record, kind, ids, prefix = spec[:4]
-    extra = spec[4] if len(spec) > 4 else {}
-    yield (record, kind, ids, prefix or [], extra) if with_extra else (record, kind, ids,
-                                                                        prefix or [])
 
 
 def _mean_metrics(results: Sequence[dict], prefix: str) -> dict[str, float]:

@@ -97,8 +97,9 @@ class ReformulationConfig:
     raw_candidate_max_tokens: the truncation length when compression is off.
     compression_max_new_tokens: the teacher's budget for one compression (for the trainer).
     cache_teacher_rollouts: keep correct teacher rollouts per question across visits (an option
-      beyond the paper, off: the paper re-samples the teacher on each visit); the trainer passes
-      it to `zppo_jax.zppo.teacher_cache.TeacherRolloutCache`.
+      beyond the paper, off). The teacher is sampled on every visit either way; when on, the
+      trainer's `zppo_jax.zppo.teacher_cache.TeacherRolloutCache` adds the correct rollouts of
+      earlier visits to the fresh ones (bounded per question and in questions).
     prefix_fraction: the Prefix baseline forces this fraction of a correct teacher rollout.
     strip_format_instructions: remove upstream format instructions from questions.
   """

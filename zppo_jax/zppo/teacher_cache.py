@@ -51,3 +51,15 @@ class TeacherRolloutCache:
       while len(self._store) > self.max_questions:
         self._store.popitem(last=False)
     return fresh + extra
+
+  def state_dict(self) -> list:
+    """The stored rollouts as plain data, least recently updated question first (checkpointed
+    with the run's host state)."""
+    return [[qid, [[r.text, r.reward, r.answer, None if r.token_ids is None else list(r.token_ids)]
+                   for r in rollouts]] for qid, rollouts in self._store.items()]
+
+  def load_state_dict(self, state: Sequence) -> None:
+    """Continues from a `state_dict()`."""
+    self._store = OrderedDict(
+        (qid, tuple(Rollout(text, float(reward), answer, None if ids is None else tuple(ids))
+                    for text, reward, answer, ids in rollouts)) for qid, rollouts in state)

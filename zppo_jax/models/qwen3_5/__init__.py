@@ -10,15 +10,15 @@ loads its text decoder alone), whose call also takes `pixel_values`, `image_grid
 `pixel_values_videos`, `video_grid_thw` and `mm_token_type_ids` as transformers does;
 `save_pretrained_multimodal` writes it back.
 """
-from zppo_jax.models.qwen3_5.checkpoint import (
-    abstract_model, load_pretrained, parameter_count, save_pretrained)
+from zppo_jax.models.qwen3_5.checkpoint import abstract_model, parameter_count
 from zppo_jax.models.qwen3_5.config import (
     PRESETS, ModelConfig, bench_small, qwen3_5_0_8b, qwen3_5_27b, qwen3_5_2b, qwen3_5_4b,
     qwen3_5_9b, tiny)
 from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
-from zppo_jax.models.qwen3_5.multimodal import (
-    MultimodalConfig, Qwen3_5ForConditionalGeneration, has_vision_weights,
-    load_pretrained_multimodal, save_pretrained_multimodal)
+from zppo_jax.models.qwen3_5.multimodal import MultimodalConfig, Qwen3_5ForConditionalGeneration
+from zppo_jax.models.qwen3_5.multimodal_checkpoint import (
+    has_vision_weights, load_pretrained_multimodal, save_pretrained_multimodal)
+from zppo_jax.models.qwen3_5.pretrained import load_pretrained, save_pretrained
 from zppo_jax.models.qwen3_5.rope_index import get_rope_index
 from zppo_jax.models.qwen3_5.vision import VisionModel
 from zppo_jax.models.qwen3_5.vision_config import VISION_PRESETS, VisionConfig, vision_tiny

@@ -195,15 +195,14 @@ class Reader:
     self._open.clear()
 
 
-def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
-                    mesh: jax.sharding.Mesh | None = None,
-                    rules: parallel.Rules = parallel.TRAIN_RULES, *, param_dtype: Any = None,
-                    text_only: bool = False, **runtime) -> nnx.Module:
-  """Loads a HF Qwen3.5 checkpoint directory as our text or vision-language model.
+def load_text_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
+                         mesh: jax.sharding.Mesh | None = None,
+                         rules: parallel.Rules = parallel.TRAIN_RULES, *, param_dtype: Any = None,
+                         **runtime) -> Qwen3_5ForCausalLM:
+  """Loads the text decoder of a HF Qwen3.5 checkpoint directory as `Qwen3_5ForCausalLM`.
 
-  A checkpoint with vision weights (`model.visual.*`) gives the multimodal
-  `multimodal.Qwen3_5ForConditionalGeneration` (its text decoder placed by `mesh`, the vision
-  tower replicated), unless `text_only`; every other checkpoint gives `Qwen3_5ForCausalLM`.
+  Vision weights (`model.visual.*`) are skipped: `pretrained.load_pretrained` is the entry point
+  that gives a vision-language model for them.
 
   Args:
     path: directory with ``config.json`` and ``model.safetensors`` or a sharded index.
@@ -212,7 +211,6 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
       None puts everything on the default device.
     rules: logical-axis rule set (``parallel.TRAIN_RULES`` or ``parallel.SAMPLE_RULES``).
     param_dtype: storage dtype; default ``dtype``.
-    text_only: load only the text decoder of a multimodal checkpoint (its vision tower skipped).
     **runtime: other runtime config fields (``scan_layers``, ``remat``, ``gdn_chunk_size``).
 
   Returns:
@@ -223,11 +221,6 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
       the key (and both shapes).
   """
   path = os.fspath(path)
-  if not text_only:
-    from zppo_jax.models.qwen3_5 import multimodal  # It imports this module.
-    if multimodal.has_vision_weights(path):
-      return multimodal.load_pretrained_multimodal(path, dtype, param_dtype=param_dtype,
-                                                   mesh=mesh, rules=rules, **runtime)
   cfg = ModelConfig.from_hf(path, dtype=dtype,
                             param_dtype=dtype if param_dtype is None else param_dtype, **runtime)
   graphdef, abstract_state = nnx.split(abstract_model(cfg))
@@ -318,12 +311,9 @@ def _plan_shards(entries: list[KeyEntry], itemsize: int, max_shard_bytes: int
   return shards
 
 
-def save_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
-                    max_shard_bytes: int = 5 * 2**30, dtype: Any = None) -> list[str]:
+def save_text_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
+                         max_shard_bytes: int = 5 * 2**30, dtype: Any = None) -> list[str]:
   """Writes ``model`` as a HF ``Qwen3_5ForCausalLM`` checkpoint (config.json + safetensors).
-
-  A ``Qwen3_5ForConditionalGeneration`` is written as that (vision tower included, one file, by
-  ``multimodal.save_pretrained_multimodal``).
 
   Args:
     model: our model (sharded or not).
@@ -335,9 +325,6 @@ def save_pretrained(model: Qwen3_5ForCausalLM, out_dir: str | os.PathLike,
     The written file names. In a multi-process run every process must call this (the
     parameters are gathered collectively); only process 0 writes.
   """
-  from zppo_jax.models.qwen3_5 import multimodal  # It imports this module.
-  if isinstance(model, multimodal.Qwen3_5ForConditionalGeneration):
-    return multimodal.save_pretrained_multimodal(model, out_dir, dtype)
   out_dir = os.fspath(out_dir)
   cfg = model.cfg
   dtype = np.dtype(cfg.param_dtype if dtype is None else dtype)

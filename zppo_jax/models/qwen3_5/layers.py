@@ -18,25 +18,31 @@ _INIT_STD = 0.02  # transformers' `initializer_range`
 
 
 class Dense(nnx.Module):
-  """``y = x @ kernel`` with no bias; kernel float[in, out] (HF stores its transpose).
+  """``y = x @ kernel (+ bias)``; kernel float[in, out] (HF stores its transpose).
 
   Args:
     in_features: input width.
     out_features: output width.
-    names: logical axis names of the kernel (input axis, output axis).
-    cfg: model config (dtypes).
+    names: logical axis names of the kernel (input axis, output axis); None = replicated.
+    cfg: a model config with `dtype` and `param_dtype` (`ModelConfig`, `VisionConfig`).
     rngs: PRNG streams.
+    use_bias: add a bias float[out] (the vision tower's layers have one, the decoder's none).
+    init_std: standard deviation of the kernel's normal initialisation.
   """
 
-  def __init__(self, in_features: int, out_features: int, names: tuple[str, str],
-               cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.kernel = parallel.param(jax.nn.initializers.normal(_INIT_STD), rngs.params(),
+  def __init__(self, in_features: int, out_features: int, names: tuple[str | None, str | None],
+               cfg: ModelConfig, *, rngs: nnx.Rngs, use_bias: bool = False,
+               init_std: float = _INIT_STD):
+    self.kernel = parallel.param(jax.nn.initializers.normal(init_std), rngs.params(),
                                  (in_features, out_features), names, cfg.param_dtype)
+    self.bias = parallel.param(jax.nn.initializers.zeros, None, (out_features,), names[1:],
+                               cfg.param_dtype) if use_bias else None
     self.dtype = cfg.dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """float[..., in] -> float[..., out] in the compute dtype."""
-    return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):

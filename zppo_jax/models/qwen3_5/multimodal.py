@@ -30,13 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zppo_jax.models.qwen3_5 import checkpoint
 from zppo_jax.models.qwen3_5.config import IGNORED_COMMON_FIELDS, ModelConfig
 from zppo_jax.models.qwen3_5.model import Qwen3_5ForCausalLM
 from zppo_jax.models.qwen3_5.rope_index import derive_mm_token_type_ids, get_rope_index
-from zppo_jax.models.qwen3_5.vision import (VisionModel, load_vision_params, vision_inputs,
-                                            vision_params_from_hf, vision_params_to_hf,
-                                            vision_state_dict)
+from zppo_jax.models.qwen3_5.vision import VisionModel, vision_inputs
 from zppo_jax.models.qwen3_5.vision_config import VisionConfig
 
 _TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
@@ -196,65 +193,3 @@ def _decode(language_model: Qwen3_5ForCausalLM, embeds, positions, mask) -> jax.
 def text_decoder(model) -> Qwen3_5ForCausalLM:
   """The text decoder of `model`: its language model when it is a vision-language model."""
   return model.language_model if isinstance(model, Qwen3_5ForConditionalGeneration) else model
-
-
-def has_vision_weights(path: str | os.PathLike) -> bool:
-  """Whether a HF checkpoint directory holds `model.visual.*` tensors."""
-  return any(k.startswith(VISION_PREFIX) for k in checkpoint.Reader(os.fspath(path)).keys())
-
-
-def load_pretrained_multimodal(path: str | os.PathLike, dtype: Any = jnp.float32, *,
-                               param_dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
-                               rules=None, **runtime) -> Qwen3_5ForConditionalGeneration:
-  """Loads a HF `Qwen3_5ForConditionalGeneration` checkpoint directory (vision weights included).
-
-  The text decoder goes through `checkpoint.load_pretrained` (which skips `model.visual.*`), placed
-  by `mesh` and `rules` like a text model; the vision tower is read with the
-  `vision.HF_VISION_KEYS` table and placed on the default device (it is small and replicated).
-  """
-  path = os.fspath(path)
-  param_dtype = dtype if param_dtype is None else param_dtype
-  cfg = MultimodalConfig.from_hf(path, dtype=dtype, param_dtype=param_dtype, **runtime)
-  reader = checkpoint.Reader(path)
-  tensors = {k: reader.get(k) for k in reader.keys() if k.startswith(VISION_PREFIX)}
-  if not tensors:
-    raise ValueError(f"{path}: no {VISION_PREFIX}* tensors; load it with "
-                     "checkpoint.load_pretrained as a text model")
-  placement = {"mesh": mesh} if rules is None else {"mesh": mesh, "rules": rules}
-  language_model = checkpoint.load_pretrained(path, dtype, param_dtype=param_dtype,
-                                              text_only=True, **placement, **runtime)
-  params = vision_params_from_hf(tensors, cfg.vision, prefix=VISION_PREFIX)
-  expected = {VISION_PREFIX + k for k in vision_params_to_hf(params, cfg.vision, prefix="")}
-  unexpected = sorted(set(tensors) - expected)
-  if unexpected:
-    raise ValueError(f"{path}: unexpected vision tensors {unexpected[:10]}")
-  visual = nnx.eval_shape(lambda: VisionModel(cfg.vision, rngs=nnx.Rngs(0)))
-  load_vision_params(visual, params)
-  return Qwen3_5ForConditionalGeneration(cfg, rngs=nnx.Rngs(0), language_model=language_model,
-                                         visual=visual)
-
-
-def save_pretrained_multimodal(model: Qwen3_5ForConditionalGeneration, out_dir: str | os.PathLike,
-                               dtype: Any = None) -> list[str]:
-  """Writes a single-file HF `Qwen3_5ForConditionalGeneration` checkpoint transformers loads."""
-  from safetensors.numpy import save_file  # local: only needed when saving
-
-  out_dir = os.fspath(out_dir)
-  cfg = model.cfg
-  dtype = np.dtype(cfg.text.param_dtype if dtype is None else dtype)
-  flat = checkpoint.flatten_state(nnx.state(model.language_model, nnx.Param))
-  tensors = {}
-  for e in checkpoint.key_entries(cfg.text, flat, checkpoint.MULTIMODAL_PREFIX):
-    value = checkpoint.host_value(flat[e.path].get_value(), e.stack_index)
-    tensors[e.hf_key] = checkpoint.ours_to_hf(value.astype(dtype), e)
-  for key, value in vision_params_to_hf(vision_state_dict(model.visual), cfg.vision,
-                                        prefix=VISION_PREFIX).items():
-    tensors[key] = value.astype(dtype)
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, checkpoint.SINGLE_FILE), metadata={"format": "pt"})
-    hf = cfg.to_hf()
-    hf["text_config"]["dtype"] = dtype.name
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-      json.dump(hf, f, indent=2)
-  return [checkpoint.SINGLE_FILE, "config.json"]
