@@ -67,7 +67,7 @@ def check_config(config: ml_collections.ConfigDict,
     config: the parsed run config.
     schema: the declared fields (default `config.base_config()`).
   """
-  schema = config_lib.base_config() if schema is None else schema
+  schema = _declared(config) if schema is None else schema
   problems = _against_schema(config.to_dict(), schema.to_dict(), "")
   flat = _flatten(config.to_dict())
   for key, options in CHOICES.items():
@@ -75,6 +75,16 @@ def check_config(config: ml_collections.ConfigDict,
       problems.append(f"{key}={flat[key]!r} is not one of {', '.join(options())}")
   if problems:
     raise ConfigError("; ".join(problems))
+
+
+def _declared(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.base_config()`, plus the demo's own group when the run is the demo."""
+  schema = config_lib.base_config()
+  if "demo" in config:
+    import runpy  # The demo's fields are declared beside its config (`configs/demo.py`).
+    demo = runpy.run_path(str(config_lib.REPO_ROOT / "configs" / "demo.py"))
+    schema.demo = demo["demo_fields"]()
+  return schema
 
 
 def _against_schema(values: Mapping[str, Any], schema: Mapping[str, Any], prefix: str

@@ -62,7 +62,7 @@ class StudentPolicy(TextPolicy, Protocol):
 
 # What `host_state` writes; a checkpoint whose host metadata lacks one is damaged.
 HOST_FIELDS = host_fields(step=int, buffer=(dict, list), data=dict, totals=dict,
-                          teacher_cache=dict)
+                          teacher_cache=list)
 
 
 class Trainer:
