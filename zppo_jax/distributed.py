@@ -36,6 +36,26 @@ T = TypeVar("T")
 ENV_FLAG = "ZPPO_DISTRIBUTED"
 
 
+def local_device_ids(env: Mapping[str, str] | None = None) -> list[int] | None:
+  """The GPUs this process drives in a SLURM job step with one task per GPU; None elsewhere.
+
+  JAX's SLURM detection gives task `SLURM_LOCALID` the device of that index, which is right when
+  every task sees all GPUs of its node. A cluster that binds one GPU to each task
+  (``--gpus-per-task=1``, ``--gpu-bind``) leaves a single visible device, index 0, for every task.
+  ``ZPPO_LOCAL_DEVICE_IDS=0,1`` overrides both.
+
+  Args:
+    env: the environment (default ``os.environ``).
+  """
+  env = os.environ if env is None else env
+  if env.get("ZPPO_LOCAL_DEVICE_IDS"):
+    return [int(i) for i in env["ZPPO_LOCAL_DEVICE_IDS"].split(",")]
+  if "SLURM_JOB_ID" not in env or "SLURM_LOCALID" not in env or "SLURM_STEP_ID" not in env:
+    return None
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  return [0] if len(visible) == 1 else [int(env["SLURM_LOCALID"])]
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, cpu_collectives: str | None = None) -> bool:
   """Starts JAX's distributed runtime when asked; returns whether it did.
@@ -44,6 +64,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   ``ZPPO_DISTRIBUTED=1``, or when ``JAX_NUM_PROCESSES`` > 1; a single process needs nothing.
   Missing arguments come from ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
   ``JAX_PROCESS_ID``, and what those leave unset JAX detects itself (Cloud TPU metadata, SLURM).
+  In a SLURM job step with one task per GPU each process takes its own GPU (`local_device_ids`).
   On the CPU backend several processes need CPU collectives: ``gloo`` unless
   ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise.
 
@@ -68,8 +89,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     cpu_collectives = env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  on_gpu = env.get("JAX_PLATFORMS", "").split(",")[0] not in ("cpu", "tpu")
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids(env) if on_gpu else None)
   return True
 
 
