@@ -14,7 +14,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   cat <<'USAGE'
 Flags:
   --config C             config file (default configs/demo.py)
@@ -80,9 +80,10 @@ else
   # is outside the job step, so --kill-on-bad-exit ends every task when one fails.
   step="srun --kill-on-bad-exit=1 --ntasks-per-node=$gpus env ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0${quoted}"
   loop="n=0; until $step; do n=\$((n+1)); [ \$n -ge $max_restarts ] && exit 1; sleep 30; done"
+  # --requeue: a preempted job (the trainers save on SIGTERM and exit) is queued again and resumes.
   sbatch_args=(--nodes="$nodes" --ntasks-per-node="$gpus" --gpus-per-node="$gpus"
                --time="$time_limit" --job-name="zppo-$(basename "$config" .py)"
-               --output="logs/%x-%j.log")
+               --output="logs/%x-%j.log" --requeue)
   if [[ -n "$partition" ]]; then sbatch_args+=(--partition="$partition"); fi
   run mkdir -p logs
   run sbatch "${sbatch_args[@]}" --wrap "$loop"

@@ -10,17 +10,17 @@
 #   3. install the package with jax[tpu] into a Python 3.11 venv on every worker (the image's
 #      python3 is 3.10; uv fetches a standalone 3.11),
 #   4. start `zppo train` on every worker with the same flags, one log per worker, and wait for all.
-# This script is the one restart loop of the job: when any worker's trainer fails, every worker's
-# trainer is stopped and the job starts again on all of them (a multi-process JAX job does not
-# survive losing a process); the trainer resumes from the workdir's latest checkpoint. Keep the
-# script running (tmux, nohup) for the length of the run.
+# This script is the one restart loop of the job: when any worker's trainer fails or is
+# preempted, every worker's trainer is stopped and the job starts again on all of them (a
+# multi-process JAX job does not survive losing a process); the trainers resume from the
+# workdir's latest checkpoint. Keep the script running (tmux, nohup) for the length of the run.
 # JAX's multi-controller runtime is initialised by the trainer from the TPU environment
 # (ZPPO_DISTRIBUTED=1 makes it call jax.distributed.initialize(); PYTHONHASHSEED=0 keeps any
 # set iteration order the same on every host).
 set -euo pipefail
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   cat <<'USAGE'
 Flags:
   --project P            GCP project (required)
@@ -34,14 +34,15 @@ Flags:
   --shared-workdir       W is a path every worker mounts (NFS, Filestore, gcsfuse)
   --version V            TPU software version for --create (default tpu-ubuntu2204-base)
   --create               create the slice first
-  --max-restarts K       restarts of the whole job after a failure (default 100)
+  --max-restarts K       restarts of the whole job after a failure or preemption (default 100)
+  --restart-delay S      seconds between a failure and the restart (default 30)
   --dry-run              print every command without running it
   -- ARGS                further flags for `zppo train` (e.g. --config.seed=1)
 USAGE
 }
 
 project="" zone="" accel="" name="" config="configs/demo.py" workdir="" version="tpu-ubuntu2204-base"
-create=0 dry_run=0 max_restarts=100 shared=0
+create=0 dry_run=0 max_restarts=100 shared=0 restart_delay=30
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -55,6 +56,7 @@ while [[ $# -gt 0 ]]; do
     --version) version="$2"; shift 2 ;;
     --create) create=1; shift ;;
     --max-restarts) max_restarts="$2"; shift 2 ;;
+    --restart-delay) restart_delay="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
@@ -107,9 +109,11 @@ ssh_all "mkdir -p ~/$repo_dir && tar -xzf ~/$repo_dir.tar.gz -C ~/$repo_dir && c
 
 train_args=(--config="$config" --workdir="$workdir" "${extra[@]}")
 quoted="$(printf ' %q' "${train_args[@]}")"
-# Every worker runs its trainer in the foreground of its ssh session and prints its exit code; the
+# Every worker runs its trainer in the foreground of its ssh session and prints its exit code, or
+# "preempted" for a trainer that saved and stopped on SIGTERM (it exits 0 but has steps to go); the
 # pid file lets a restart stop a trainer that is still waiting for a dead peer.
-start="cd ~/$repo_dir && . .venv/bin/activate && mkdir -p logs && { ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 zppo train${quoted} > logs/worker-\$(hostname).log 2>&1 & echo \$! > logs/train.pid; wait \$!; echo zppo-exit=\$?; }"
+log="logs/worker-\$(hostname).log"
+start="cd ~/$repo_dir && . .venv/bin/activate && mkdir -p logs && { ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 zppo train${quoted} > $log 2>&1 & echo \$! > logs/train.pid; wait \$!; rc=\$?; if [ \$rc -eq 0 ] && grep -q 'SIGTERM received' $log; then rc=preempted; fi; echo zppo-exit=\$rc; }"
 stop="cd ~/$repo_dir && if [ -f logs/train.pid ]; then kill -9 \$(cat logs/train.pid) 2>/dev/null; rm -f logs/train.pid; fi; true"
 
 for ((attempt = 0; ; attempt++)); do
@@ -119,16 +123,17 @@ for ((attempt = 0; ; attempt++)); do
   fi
   echo "tpu_run.sh: starting the job on every worker (attempt $((attempt + 1)))" >&2
   out="$(ssh_all "$start" | tee /dev/stderr)" || true
-  codes="$(grep -o 'zppo-exit=[0-9]*' <<<"$out" || true)"
+  codes="$(grep -oE 'zppo-exit=[0-9a-z]+' <<<"$out" || true)"
   if [[ -n "$codes" ]] && ! grep -qv '^zppo-exit=0$' <<<"$codes"; then
     echo "tpu_run.sh: every worker finished" >&2
     exit 0
   fi
-  echo "tpu_run.sh: a worker failed (${codes//$'\n'/ }); stopping every worker's trainer" >&2
+  echo "tpu_run.sh: a worker failed or was preempted (${codes//$'\n'/ }); stopping every" \
+       "worker's trainer" >&2
   ssh_all "$stop" || true
   if (( attempt + 1 >= max_restarts )); then
     echo "tpu_run.sh: gave up after $max_restarts restarts" >&2
     exit 1
   fi
-  sleep 30
+  sleep "$restart_delay"
 done

@@ -98,3 +98,54 @@ def test_each_slurm_task_takes_its_own_gpu():
   assert distributed.local_device_ids(dict(step, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")) == [3]
   assert distributed.local_device_ids(dict(step, CUDA_VISIBLE_DEVICES="3")) == [0]  # bound GPU
   assert distributed.local_device_ids(dict(step, ZPPO_LOCAL_DEVICE_IDS="0,1")) == [0, 1]
+
+
+_FAKE_GCLOUD = r"""#!/bin/bash
+# gcloud on a slice of 2 workers: `tpu-vm ssh ... --command C` runs C for each worker (the
+# trainer's start and stop commands only; creating, copying and installing are not simulated).
+echo "$*" >> "$FAKE/gcloud.calls"
+[[ "$4" == ssh ]] || exit 0
+cmd="${*: -1}"
+[[ "$cmd" == *train.pid* ]] || exit 0
+pids=()
+for w in 0 1; do HOME="$FAKE/home" FAKE_WORKER=$w bash -c "$cmd" & pids+=($!); done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+exit $rc
+"""
+
+# The trainer of worker 1 crashes in the first attempt and is preempted (saves, exits 0) in the
+# second; every other run finishes.
+_FAKE_ZPPO = r"""#!/bin/bash
+n=$(( $(cat "$FAKE/attempts-$FAKE_WORKER" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$FAKE/attempts-$FAKE_WORKER"
+echo "$FAKE_WORKER $n $ZPPO_DISTRIBUTED $*" >> "$FAKE/zppo.calls"
+if [[ $FAKE_WORKER == 1 && $n == 1 ]]; then exit 1; fi
+if [[ $FAKE_WORKER == 1 && $n == 2 ]]; then
+  echo "train: SIGTERM received (by this process); saved step 1 and stopped" >&2
+fi
+exit 0
+"""
+
+
+def test_tpu_run_restarts_every_worker_when_one_fails_or_is_preempted(tmp_path):
+  bin_dir, venv_bin = tmp_path / "bin", tmp_path / "home" / "zppo-jax" / ".venv" / "bin"
+  for d in (bin_dir, venv_bin):
+    d.mkdir(parents=True)
+  for path, text in ((bin_dir / "gcloud", _FAKE_GCLOUD), (bin_dir / "zppo", _FAKE_ZPPO),
+                     (bin_dir / "hostname", 'echo "w$FAKE_WORKER"\n'),
+                     (venv_bin / "activate", f'PATH="{bin_dir}:$PATH"\n')):
+    path.write_text(text if text.startswith("#!") else "#!/bin/bash\n" + text)
+    path.chmod(0o755)
+  out = subprocess.run(
+      ["bash", str(_LAUNCH / "tpu_run.sh"), *_TPU, "--accelerator-type", "v5p-16",
+       "--workdir", "gs://b/r", "--restart-delay", "0"], capture_output=True, text=True,
+      env={"PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "FAKE": str(tmp_path)})
+  assert out.returncode == 0, out.stderr
+  calls = (tmp_path / "zppo.calls").read_text().splitlines()
+  assert sorted(c.split()[:3] for c in calls) == [[w, n, "1"] for w in "01" for n in "123"]
+  assert all("train --config=configs/demo.py --workdir=gs://b/r" in c for c in calls)
+  assert "zppo-exit=1" in out.stderr and "zppo-exit=preempted" in out.stderr
+  assert "attempt 3" in out.stderr and "every worker finished" in out.stderr
+  stops = [c for c in (tmp_path / "gcloud.calls").read_text().splitlines() if "kill -9" in c]
+  assert len(stops) == 2   # after the failure and after the preemption
