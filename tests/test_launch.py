@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from zppo_jax import distributed
 
 _LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
@@ -98,6 +100,8 @@ def test_each_slurm_task_takes_its_own_gpu():
   assert distributed.local_device_ids(dict(step, CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")) == [3]
   assert distributed.local_device_ids(dict(step, CUDA_VISIBLE_DEVICES="3")) == [0]  # bound GPU
   assert distributed.local_device_ids(dict(step, ZPPO_LOCAL_DEVICE_IDS="0,1")) == [0, 1]
+  with pytest.raises(ValueError, match="ZPPO_LOCAL_DEVICE_IDS='gpu0'"):
+    distributed.local_device_ids({"ZPPO_LOCAL_DEVICE_IDS": "gpu0"})
 
 
 _FAKE_GCLOUD = r"""#!/bin/bash
