@@ -23,8 +23,9 @@ def main() -> int:
     corpus = [templates.rl_prompt(question), *demo_task.__doc__.split()]
     tokenizer = demo_tokenizer.build_tokenizer(corpus, out, vocab_size=320)
   ids = encode_prompt(tokenizer, templates.rl_prompt(question))
-  if tokenizer.decode(ids).count("<|im_start|>") != 2:
-    raise AssertionError(f"the chat template did not open the assistant turn: {tokenizer.decode(ids)!r}")
+  text = tokenizer.decode(ids)
+  if text.count("<|im_start|>") != 2:
+    raise AssertionError(f"the chat template did not open the assistant turn: {text!r}")
   model = qwen3_5.Qwen3_5ForCausalLM(qwen3_5.tiny(vocab_size=len(tokenizer)), rngs=nnx.Rngs(0))
   out = Sampler(model, max_total_len=256).generate(
       [ids], SamplingParams(temperature=0.0, max_new_tokens=4), seed=0)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs a zppo-jax config on NVIDIA GPUs with jax[cuda]: one node, or several nodes under SLURM.
 #
-#   launch/gpu_run.sh --config configs/qwen3_5_2b_zppo.py --workdir runs/2b                    # one node
+#   launch/gpu_run.sh --config configs/qwen3_5_2b_zppo.py --workdir runs/2b           # one node
 #   launch/gpu_run.sh --nodes 8 --gpus-per-node 8 --partition gpu --config ... \
-#       --workdir /shared/runs/2b --shared-workdir                                            # SLURM
+#       --workdir /shared/runs/2b --shared-workdir                                   # SLURM
 #
 # One node: a single process drives every local GPU. SLURM: one task per GPU on every node; each
 # calls jax.distributed.initialize() (ZPPO_DISTRIBUTED=1), which reads the SLURM environment, and
@@ -78,7 +78,8 @@ if [[ $nodes -eq 1 ]]; then
 else
   # Every task sees all GPUs of its node and takes the one of its local rank; the restart loop
   # is outside the job step, so --kill-on-bad-exit ends every task when one fails.
-  step="srun --kill-on-bad-exit=1 --ntasks-per-node=$gpus env ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0${quoted}"
+  step="srun --kill-on-bad-exit=1 --ntasks-per-node=$gpus"
+  step+=" env ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0${quoted}"
   loop="n=0; until $step; do n=\$((n+1)); [ \$n -ge $max_restarts ] && exit 1; sleep 30; done"
   # --requeue: a preempted job (the trainers save on SIGTERM and exit) is queued again and resumes.
   sbatch_args=(--nodes="$nodes" --ntasks-per-node="$gpus" --gpus-per-node="$gpus"

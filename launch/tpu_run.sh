@@ -105,7 +105,10 @@ run git -C "$src" archive --format=tar.gz -o "$archive" HEAD
 run gcloud compute tpus tpu-vm scp "$archive" "$name:$repo_dir.tar.gz" --project "$project" \
   --zone "$zone" --worker=all
 # The package needs Python >= 3.11; the image's python3 is 3.10, so uv provides a 3.11 venv.
-ssh_all "mkdir -p ~/$repo_dir && tar -xzf ~/$repo_dir.tar.gz -C ~/$repo_dir && cd ~/$repo_dir && python3 -m pip install -q --user uv && ~/.local/bin/uv venv -q --python 3.11 .venv && ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
+install="mkdir -p ~/$repo_dir && tar -xzf ~/$repo_dir.tar.gz -C ~/$repo_dir && cd ~/$repo_dir"
+install+=" && python3 -m pip install -q --user uv && ~/.local/bin/uv venv -q --python 3.11 .venv"
+install+=" && ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
+ssh_all "$install"
 
 train_args=(--config="$config" --workdir="$workdir" "${extra[@]}")
 quoted="$(printf ' %q' "${train_args[@]}")"
@@ -113,8 +116,13 @@ quoted="$(printf ' %q' "${train_args[@]}")"
 # "preempted" for a trainer that saved and stopped on SIGTERM (it exits 0 but has steps to go); the
 # pid file lets a restart stop a trainer that is still waiting for a dead peer.
 log="logs/worker-\$(hostname).log"
-start="cd ~/$repo_dir && . .venv/bin/activate && mkdir -p logs && { ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 zppo train${quoted} > $log 2>&1 & echo \$! > logs/train.pid; wait \$!; rc=\$?; if [ \$rc -eq 0 ] && grep -q 'SIGTERM received' $log; then rc=preempted; fi; echo zppo-exit=\$rc; }"
-stop="cd ~/$repo_dir && if [ -f logs/train.pid ]; then kill -9 \$(cat logs/train.pid) 2>/dev/null; rm -f logs/train.pid; fi; true"
+trainer="ZPPO_DISTRIBUTED=1 PYTHONHASHSEED=0 zppo train${quoted} > $log 2>&1"
+start="cd ~/$repo_dir && . .venv/bin/activate && mkdir -p logs"
+start+=" && { $trainer & echo \$! > logs/train.pid; wait \$!; rc=\$?;"
+start+=" if [ \$rc -eq 0 ] && grep -q 'SIGTERM received' $log; then rc=preempted; fi;"
+start+=" echo zppo-exit=\$rc; }"
+stop="cd ~/$repo_dir && if [ -f logs/train.pid ]; then kill -9 \$(cat logs/train.pid) 2>/dev/null;"
+stop+=" rm -f logs/train.pid; fi; true"
 
 for ((attempt = 0; ; attempt++)); do
   if [[ $dry_run -eq 1 ]]; then

@@ -74,7 +74,8 @@ def test_gpu_run_slurm_runs_one_task_per_gpu_and_restarts_the_job_step():
   # The loop restarts the whole job step; inside it each task is the trainer itself, so
   # --kill-on-bad-exit sees a failed task.
   wrap = sbatch.split("--wrap ", 1)[1]
-  assert "until\\ srun\\ --kill-on-bad-exit=1\\ --ntasks-per-node=8\\ env\\ ZPPO_DISTRIBUTED=1" in wrap
+  step = "srun\\ --kill-on-bad-exit=1\\ --ntasks-per-node=8\\ env\\ ZPPO_DISTRIBUTED=1"
+  assert f"until\\ {step}" in wrap
   assert "bash" not in wrap and "--workdir=/shared/runs/9b" in wrap
 
 

@@ -1,6 +1,9 @@
 """Multi-host correctness of the whole trainer: `zppo train` as 2 processes x 4 CPU devices (JAX
 distributed on localhost, gloo collectives) takes the same ZPPO steps as 1 process x 8 devices.
 
+Preemption: SIGTERM reaching one of the 2 processes stops both after the same step, and the
+resumed run ends exactly where the uninterrupted one does.
+
 Each run executes this file as a script (the device count must be fixed before JAX starts); the
 processes of a run share one workdir. The single-process run goes first and builds the demo cache
 (tiny tokenizer, student and teacher), which the two-process run then finds.
