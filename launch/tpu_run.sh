@@ -7,7 +7,7 @@
 # Steps (each printed, and only printed with --dry-run):
 #   1. optionally create the slice (--create),
 #   2. copy this checkout to every worker,
-#   3. install the package with jax[tpu] into a Python 3.11 venv on every worker (the image's
+#   3. install the package with jax[tpu] into a Python 3.11 venv on every worker (the TPU images'
 #      python3 is 3.10; uv fetches a standalone 3.11),
 #   4. start `zppo train` on every worker with the same flags, one log per worker, and wait for all.
 # This script is the one restart loop of the job: when any worker's trainer fails or is
@@ -32,7 +32,9 @@ Flags:
                          slice), or a path with --shared-workdir (default runs/<config name>
                          on a single-host slice)
   --shared-workdir       W is a path every worker mounts (NFS, Filestore, gcsfuse)
-  --version V            TPU software version for --create (default tpu-ubuntu2204-base)
+  --version V            TPU software version for --create (default: Google's for the chip,
+                         v2-alpha-tpuv6e, v2-alpha-tpuv5, v2-alpha-tpuv5-lite, else
+                         tpu-ubuntu2204-base; all Ubuntu 22.04 with Python 3.10)
   --create               create the slice first
   --max-restarts K       restarts of the whole job after a failure or preemption (default 100)
   --restart-delay S      seconds between a failure and the restart (default 30)
@@ -41,7 +43,7 @@ Flags:
 USAGE
 }
 
-project="" zone="" accel="" name="" config="configs/demo.py" workdir="" version="tpu-ubuntu2204-base"
+project="" zone="" accel="" name="" config="configs/demo.py" workdir="" version=""
 create=0 dry_run=0 max_restarts=100 shared=0 restart_delay=30
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -81,6 +83,14 @@ if (( size > 8 )) && [[ "$workdir" != gs://* && $shared -eq 0 ]]; then
   exit 2
 fi
 if [[ -z "$workdir" ]]; then workdir="runs/$(basename "$config" .py)"; fi
+if [[ -z "$version" ]]; then
+  case "$accel" in
+    v6e-*) version="v2-alpha-tpuv6e" ;;
+    v5p-*) version="v2-alpha-tpuv5" ;;
+    v5litepod-*|v5e-*) version="v2-alpha-tpuv5-lite" ;;
+    *) version="tpu-ubuntu2204-base" ;;
+  esac
+fi
 
 run() {
   # Prints the command; runs it unless --dry-run.

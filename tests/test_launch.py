@@ -28,6 +28,7 @@ def test_tpu_run_dry_run_prints_every_step():
   lines = _dry_run("tpu_run.sh", *_TPU, "--accelerator-type", "v5p-64", "--create",
                    "--config", "configs/qwen3_5_2b_zppo.py", "--workdir", "gs://b/runs/2b")
   assert "tpu-vm create slice" in lines[0] and "v5p-64" in lines[0]
+  assert lines[0].endswith("--version v2-alpha-tpuv5")   # Google's software version for v5p
   assert lines[1].startswith("+ git -C") and "archive" in lines[1]
   assert "tpu-vm scp" in lines[2] and "--worker=all" in lines[2]
   # A Python 3.11 venv (the image's python3 is 3.10) with jax's own TPU pins.
