@@ -7,8 +7,8 @@
 # Steps (each printed, and only printed with --dry-run):
 #   1. optionally create the slice (--create),
 #   2. copy this checkout to every worker,
-#   3. install the package with jax[tpu] into a Python 3.11 venv on every worker (the TPU images'
-#      python3 is 3.10; uv fetches a standalone 3.11),
+#   3. install the package with jax[tpu] into a Python 3.11 venv on every worker, made by uv (the
+#      images' python3 is older: 3.10 on tpu-ubuntu2204-base),
 #   4. start `zppo train` on every worker with the same flags, one log per worker, and wait for all.
 # This script is the one restart loop of the job: when any worker's trainer fails or is
 # preempted, every worker's trainer is stopped and the job starts again on all of them (a
@@ -34,7 +34,7 @@ Flags:
   --shared-workdir       W is a path every worker mounts (NFS, Filestore, gcsfuse)
   --version V            TPU software version for --create (default: Google's for the chip,
                          v2-alpha-tpuv6e, v2-alpha-tpuv5, v2-alpha-tpuv5-lite, else
-                         tpu-ubuntu2204-base; all Ubuntu 22.04 with Python 3.10)
+                         tpu-ubuntu2204-base; the install does not use the image's python3)
   --create               create the slice first
   --max-restarts K       restarts of the whole job after a failure or preemption (default 100)
   --restart-delay S      seconds between a failure and the restart (default 30)
