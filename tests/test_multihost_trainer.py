@@ -1,6 +1,9 @@
 """Multi-host correctness of the whole trainer: `zppo train` as 2 processes x 4 CPU devices (JAX
 distributed on localhost, gloo collectives) takes the same ZPPO steps as 1 process x 8 devices.
 
+Preemption: SIGTERM reaching one of the 2 processes stops both after the same step, and the
+resumed run ends exactly where the uninterrupted one does.
+
 Each run executes this file as a script (the device count must be fixed before JAX starts); the
 processes of a run share one workdir. The single-process run goes first and builds the demo cache
 (tiny tokenizer, student and teacher), which the two-process run then finds.
@@ -9,6 +12,7 @@ import json
 import os
 import zlib
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +73,18 @@ def worker(workdir: str, cache: str, out: str):
     return built["trainer"], close
 
   run.build_trainer = keep
+  sigterm_step = int(os.environ.get("SIGTERM_AT_STEP", "0"))
+  if sigterm_step and os.environ.get("JAX_PROCESS_ID") == "1":   # (JAX is not initialised yet)
+    # Preemption reaching one host only: this process gets SIGTERM as step `sigterm_step` starts.
+    from zppo_jax.train import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    run_step = trainer_lib.Trainer.run_step
+
+    def run_step_then_signal(self, step):
+      if step == sigterm_step:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return run_step(self, step)
+
+    trainer_lib.Trainer.run_step = run_step_then_signal
   assert run.main(run_args(workdir, cache)) == 0
   assert jax.device_count() == 8
   trainer = built["trainer"]
@@ -107,12 +123,21 @@ def _wait(procs, timeout: float) -> list[str]:
   return logs
 
 
-def _run(num_processes: int, tmp: pathlib.Path, cache: pathlib.Path, attempts: int = 3):
+def _run(num_processes: int, tmp: pathlib.Path, cache: pathlib.Path, attempts: int = 3,
+         name: str = "", sigterm_at_step: int = 0, resume: bool = False):
+  """Runs `zppo train` as `num_processes` processes in `tmp/run<name or num_processes>`.
+
+  Args:
+    sigterm_at_step: when > 0, process 1 receives SIGTERM as this step starts.
+    resume: the workdir holds a run to resume (kept if the attempt is repeated).
+  """
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  workdir = tmp / f"run{num_processes}"
+  name = name or str(num_processes)
+  workdir = tmp / f"run{name}"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+             SIGTERM_AT_STEP=str(sigterm_at_step),
              XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // num_processes}")
   procs = []
   for i in range(num_processes):
@@ -120,7 +145,7 @@ def _run(num_processes: int, tmp: pathlib.Path, cache: pathlib.Path, attempts: i
       env = dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                  JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen(
-        [sys.executable, __file__, str(workdir), str(cache), str(tmp / f"out{num_processes}")],
+        [sys.executable, __file__, str(workdir), str(cache), str(tmp / f"out{name}")],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
   logs = _wait(procs, timeout=900)
   failed = [log for p, log in zip(procs, logs) if p.returncode != 0]
@@ -128,15 +153,16 @@ def _run(num_processes: int, tmp: pathlib.Path, cache: pathlib.Path, attempts: i
   # still be compiling by then. That is the transport's set-up failing, not the computation, so
   # such a run is started again (with the programs of the first attempt in the compilation cache).
   if failed and attempts > 1 and any("Gloo" in log.rsplit("Traceback", 1)[-1] for log in failed):
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(workdir, ignore_errors=True)
-    return _run(num_processes, tmp, cache, attempts - 1)
+    if not resume:
+      import shutil  # pylint: disable=import-outside-toplevel
+      shutil.rmtree(workdir, ignore_errors=True)
+    return _run(num_processes, tmp, cache, attempts - 1, name, sigterm_at_step, resume)
   assert not failed, max(failed, key=lambda log: "Traceback" in log)[-4000:]
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  outs = [(dict(np.load(tmp / f"out{num_processes}.{i}.npz")),
-           json.loads((tmp / f"out{num_processes}.{i}.json").read_text()))
+  outs = [(dict(np.load(tmp / f"out{name}.{i}.npz")),
+           json.loads((tmp / f"out{name}.{i}.json").read_text()))
           for i in range(num_processes)]
-  return dict(workdir=workdir, metrics=metrics, outs=outs, log=logs[0])
+  return dict(workdir=workdir, metrics=metrics, outs=outs, log=logs[0], logs=logs)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +170,18 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multihost_trainer")
   cache = tmp / "demo_cache"
   return _run(1, tmp, cache), _run(2, tmp, cache)
+
+
+@pytest.fixture(scope="module")
+def preempted(runs):
+  """The 2-process run again, with SIGTERM reaching process 1 only, at step 1; then resumed.
+  After `runs`, which builds the demo cache and fills the compilation cache."""
+  tmp = runs[1]["workdir"].parent
+  stopped = _run(2, tmp, tmp / "demo_cache", name="2_preempted", sigterm_at_step=1)
+  stopped["saved"] = sorted(p.name for p in (stopped["workdir"] / "checkpoints").iterdir()
+                            if p.name.isdigit())
+  resumed = _run(2, tmp, tmp / "demo_cache", name="2_preempted", resume=True)
+  return stopped, resumed
 
 
 def _compared(row):
@@ -201,6 +239,28 @@ def test_only_the_main_process_writes_and_the_checkpoint_is_collective(runs):
   assert [b["process_index"] for b in host["buffer"]] == [0, 1]
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == STEPS   # One writer: no duplicated rows.
+
+
+def test_sigterm_on_one_process_stops_every_process_at_the_same_step(preempted):
+  stopped, _ = preempted
+  # Both processes stopped after step 1 (checkpoints are due only every 2 steps), saved it, and
+  # exited with status 0.
+  assert [r["step"] for r in stopped["metrics"]] == [1]
+  for index, log in enumerate(stopped["logs"]):
+    who = "this process" if index == 1 else "another process"
+    assert f"SIGTERM received (by {who}); saved step 1 and stopped" in log, log[-3000:]
+  assert stopped["saved"] == ["1"]
+
+
+def test_the_resumed_run_equals_the_uninterrupted_one(runs, preempted):
+  _, multi = runs
+  _, resumed = preempted
+  assert "resumed from step 1" in resumed["log"]
+  assert [_compared(r) for r in resumed["metrics"]] == [_compared(r) for r in multi["metrics"]]
+  for (params, _), (other, _) in zip(multi["outs"], resumed["outs"]):
+    assert sorted(other) == sorted(params)
+    for k in params:
+      np.testing.assert_array_equal(other[k], params[k], err_msg=k)
 
 
 if __name__ == "__main__":

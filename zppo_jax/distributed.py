@@ -9,7 +9,9 @@ hosts' devices and jitted steps are collective. What is *not* collective is host
   entry;
 - metrics: per-process host numbers are reduced across processes (`reduce_metrics`,
   `sum_counts`) so that every process logs the same values; only process 0 writes logs
-  (`is_main`).
+  (`is_main`);
+- preemption: a SIGTERM seen by any process stops every process after the same step
+  (`any_process`), each saving its part of that step's checkpoint.
 
 The trainer keeps the global computation independent of the process count: every process holds
 the step's (small) host data in the same global order, so that the ZPPO decisions that span the
@@ -36,6 +38,30 @@ T = TypeVar("T")
 ENV_FLAG = "ZPPO_DISTRIBUTED"
 
 
+def local_device_ids(env: Mapping[str, str] | None = None) -> list[int] | None:
+  """The GPUs this process drives in a SLURM job step with one task per GPU; None elsewhere.
+
+  JAX's SLURM detection gives task `SLURM_LOCALID` the device of that index, which is right when
+  every task sees all GPUs of its node. A cluster that binds one GPU to each task
+  (``--gpus-per-task=1``, ``--gpu-bind``) leaves a single visible device, index 0, for every task.
+  ``ZPPO_LOCAL_DEVICE_IDS=0,1`` overrides both.
+
+  Args:
+    env: the environment (default ``os.environ``).
+  """
+  env = os.environ if env is None else env
+  if env.get("ZPPO_LOCAL_DEVICE_IDS"):
+    ids = env["ZPPO_LOCAL_DEVICE_IDS"].split(",")
+    if not all(i.strip().isdigit() for i in ids):
+      raise ValueError(f"ZPPO_LOCAL_DEVICE_IDS={env['ZPPO_LOCAL_DEVICE_IDS']!r}: expected device "
+                       "indices separated by commas, e.g. 0,1")
+    return [int(i) for i in ids]
+  if "SLURM_JOB_ID" not in env or "SLURM_LOCALID" not in env or "SLURM_STEP_ID" not in env:
+    return None
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  return [0] if len(visible) == 1 else [int(env["SLURM_LOCALID"])]
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, cpu_collectives: str | None = None) -> bool:
   """Starts JAX's distributed runtime when asked; returns whether it did.
@@ -44,6 +70,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   ``ZPPO_DISTRIBUTED=1``, or when ``JAX_NUM_PROCESSES`` > 1; a single process needs nothing.
   Missing arguments come from ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
   ``JAX_PROCESS_ID``, and what those leave unset JAX detects itself (Cloud TPU metadata, SLURM).
+  In a SLURM job step with one task per GPU each process takes its own GPU (`local_device_ids`).
   On the CPU backend several processes need CPU collectives: ``gloo`` unless
   ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise.
 
@@ -68,8 +95,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     cpu_collectives = env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  cpu_or_tpu = env.get("JAX_PLATFORMS", "").split(",")[0] in ("cpu", "tpu")
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=None if cpu_or_tpu else local_device_ids(env))
   return True
 
 
@@ -117,6 +146,19 @@ def reduce_metrics(metrics: Mapping[str, float], weight: str | None = None) -> d
     else:
       out[k] = float(np.sum(col * w) / max(np.sum(w), 1e-30))
   return out
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process: the same answer everywhere (a collective on several).
+
+  Preemption sends SIGTERM to hosts at different moments, so a host's own "SIGTERM seen" flag
+  can differ from its peers' at a given step; the training loop passes that flag here once per
+  step, at the same point on every process, so that all hosts save the same step and stop
+  together instead of one waiting forever in a collective the others have left.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(allgather(np.int32(bool(flag))).max())
 
 
 def sync(name: str = "zppo") -> None:

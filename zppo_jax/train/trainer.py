@@ -346,17 +346,21 @@ class Trainer:
           self.step = step
           if cfg.eval_every and step % cfg.eval_every == 0:
             metrics.update(self.evaluate(step))
-          if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or flag.requested:
+          # Every process stops after the same step when any of them has seen SIGTERM.
+          stop = distributed.any_process(flag.requested)
+          if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or stop:
             t = time.perf_counter()
             ckpt.save(step, self.student.state(), self.host_state(), force=True)
-            if flag.requested:
+            if stop:
               ckpt.wait()
               preempted = True
             metrics["time_checkpoint"] = time.perf_counter() - t
           if writer is not None:
             writer.write(step, metrics)
           if preempted:
-            print(f"train: SIGTERM received; saved step {step} and stopped", file=self.stream)
+            who = "this process" if flag.requested else "another process"
+            print(f"train: SIGTERM received (by {who}); saved step {step} and stopped",
+                  file=self.stream)
             break
     finally:
       ckpt.close()

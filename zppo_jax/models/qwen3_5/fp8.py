@@ -174,17 +174,26 @@ def _read_config(path: str) -> tuple[dict[str, Any], tuple[int, int]]:
 
 
 def _tensor(reader: ckpt.Reader, key: str) -> np.ndarray:
-  """A tensor as numpy; fp8 and bf16 go through torch (numpy has neither dtype)."""
+  """A tensor as numpy; fp8 ones are read from the file's bytes (safetensors' numpy backend
+  has no fp8 dtype, ml_dtypes has)."""
   try:
     return reader.get(key)
   except (TypeError, AttributeError, ValueError):
-    import torch  # pylint: disable=import-outside-toplevel
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    with safe_open(os.path.join(reader.path, reader.weight_map[key]), "pt") as f:
-      t = f.get_tensor(key)
-    if t.dtype == torch.float8_e4m3fn:
-      return t.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
-    return t.float().numpy()
+    return _fp8_tensor(os.path.join(reader.path, reader.weight_map[key]), key)
+
+
+def _fp8_tensor(path: str, key: str) -> np.ndarray:
+  """An F8_E4M3 tensor of a safetensors file: an 8-byte header size, a JSON header giving each
+  tensor's dtype, shape and byte range after the header, then the data."""
+  with open(path, "rb") as f:
+    size = int.from_bytes(f.read(8), "little")
+    meta = json.loads(f.read(size))[key]
+    if meta["dtype"] != "F8_E4M3":
+      raise ValueError(f"{path}: tensor {key} has dtype {meta['dtype']}, which cannot be read")
+    start, end = meta["data_offsets"]
+    f.seek(8 + size + start)
+    data = f.read(end - start)
+  return np.frombuffer(data, ml_dtypes.float8_e4m3fn).reshape(meta["shape"])
 
 
 def load_fp8_pretrained(path: str | os.PathLike, dtype: Any = jnp.bfloat16,
