@@ -18,27 +18,17 @@ import base64
 import functools
 import io
 import json
-import math
 import pathlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
 
-from zppo_jax.data import markup
+from zppo_jax.data import markup, rows
 
 _DATA_URI = "data:image;base64,"
-REJECT_REASONS = ("bad_record", "no_id", "duplicate_id", "empty_question", "no_answer",
-                  "too_long", "broken_image", "small_image", "non_utf8", "bad_field",
-                  "needs_vision")
-
-
-class RowError(Exception):
-  """A row that cannot be used; `reason` is one of `REJECT_REASONS` (or a builder's)."""
-
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
+RowError = rows.RowError
+REJECT_REASONS = rows.REJECT_REASONS
 
 
 @dataclasses.dataclass
@@ -51,17 +41,6 @@ class PromptSet:
   """
   records: list[dict]
   rejects: collections.Counter
-
-
-def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, object]]:
-  """(line or row number, row) of a JSONL, Parquet or Arrow file; a line that is not UTF-8 or not
-  a JSON object yields a `RowError` naming the reason instead of a row."""
-  from zppo_jax.data import generic_builder  # It imports this module.
-  path = pathlib.Path(path)
-  if path.suffix in (".parquet", ".arrow"):
-    yield from generic_builder.iter_file_rows(path)
-  else:
-    yield from generic_builder.iter_jsonl_rows(path)
 
 
 class ImagePrompt(list):
@@ -188,7 +167,7 @@ def load_prompts(path: str | pathlib.Path, tokenizer, build_user_text: Callable[
   token_chars = _max_token_chars(tokenizer)
   max_chars = None if token_chars is None else max_prompt_tokens * token_chars
   records, rejects, seen, lines = [], collections.Counter(), set(), []
-  for line, row in read_rows(path):
+  for line, row in rows.iter_file_rows(path):
     try:
       if isinstance(row, RowError):
         raise row
@@ -243,66 +222,16 @@ def _encode_record(tokenizer, build_user_text, record: dict, vision) -> list[int
 
 
 def _valid_record(row: dict, seen: set[str], base: pathlib.Path, vision) -> dict:
-  """The row with strict types: `id` and `answer` as strings, `choices` a list (or mapping) of
-  strings or absent, `images` a list of paths or bytes that open as images.
-
-  Raises:
-    RowError: naming the reason (`no_id`, `bad_field`, `duplicate_id`, `empty_question`,
-      `no_answer`, `broken_image`, `needs_vision`) and the field.
-  """
-  from zppo_jax.data.generic_builder import image_sources  # It imports this module.
-  row_id = row.get("id")
-  if row_id is None or row_id == "":
-    raise RowError("no_id", "id is missing")
-  if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
-    raise RowError("bad_field", f"id is {type(row_id).__name__}, not a string or integer")
-  row_id = str(row_id)
-  if not row_id.strip():
-    raise RowError("no_id", "id is blank")
-  if row_id in seen:
-    raise RowError("duplicate_id", f"id {row_id!r} was seen before")
-  question = row.get("question")
-  if question is not None and not isinstance(question, str):
-    raise RowError("bad_field", f"question is {type(question).__name__}, not a string")
-  if not question or not question.strip():
-    raise RowError("empty_question", "question is missing or blank")
-  answer = _answer_text(row.get("answer"))
-  choices = _choices(row.get("choices"))
+  """The row checked by `rows.validate_row`, its images opened (a header check) and kept as
+  paths or `data:` URIs (records go into the replay buffer's JSON state)."""
+  record = rows.validate_row(row, seen, base)
   images = []
-  for i, source in enumerate(image_sources(row.get("images"), base)):
+  for i, source in enumerate(record["images"]):
     _check_image(source, f"image {i}")
-    # Embedded bytes are kept as a data URI: records go into the replay buffer's JSON state.
     images.append(_DATA_URI + base64.b64encode(source).decode("ascii")
                   if isinstance(source, bytes) else str(source))
-  if images and vision is None:
-    raise RowError("needs_vision", f"{len(images)} image(s), but the model has no vision tower")
-  return {**row, "id": row_id, "question": question, "answer": answer, "choices": choices,
-          "images": images}
-
-
-def _answer_text(answer: object) -> str:
-  """A gold answer as text: strings as they are, integers and finite numbers written out."""
-  if answer is None or (isinstance(answer, str) and not answer.strip()):
-    raise RowError("no_answer", "answer is missing or blank")
-  if isinstance(answer, str):
-    return answer
-  if isinstance(answer, bool) or not isinstance(answer, (int, float)):
-    raise RowError("bad_field", f"answer is {type(answer).__name__}, not a string or number")
-  if isinstance(answer, float) and not math.isfinite(answer):
-    raise RowError("bad_field", f"answer is {answer}, not a finite number")
-  return str(answer)
-
-
-def _choices(choices: object) -> list[str] | dict[str, str] | None:
-  """Multiple-choice options: a list of strings, a letter -> string mapping, or None."""
-  if choices is None:
-    return None
-  if isinstance(choices, (list, tuple)) and all(isinstance(c, str) for c in choices):
-    return list(choices) or None
-  if isinstance(choices, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                       for k, v in choices.items()):
-    return dict(choices) or None
-  raise RowError("bad_field", f"choices is {type(choices).__name__}, not a list of strings")
+  rows.refuse_images(images, vision is not None)
+  return {**row, **record, "images": images}
 
 
 def _check_image(source: bytes | pathlib.Path, name: str) -> None:
