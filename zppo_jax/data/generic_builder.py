@@ -121,11 +121,13 @@ class PromptBudget:
     text = prompts.encode_prompt(self.tokenizer, self.build_user_text(question))
     return len(text) + sum(self.image_tokens(h, w) for h, w in sizes)
 
-  def check(self, question: str, sizes: list[tuple[int, int]], limit: int) -> None:
-    """Raises `too_long` when the prompt has more than `limit` tokens; a user turn longer than
-    `limit` times the longest vocabulary entry is over without being tokenised (a megabyte
-    question is rejected in linear time)."""
-    chars = len(self.build_user_text(question))
+  def check(self, question: str, sizes: list[tuple[int, int]], limit: int,
+            chars: int | None = None) -> None:
+    """Raises `too_long` when the prompt has more than `limit` tokens, or the question (`chars`
+    long as stored in the row, default `len(question)`) is longer than `limit` times the longest
+    vocabulary entry: that is rejected without being tokenised (a megabyte question in linear
+    time), also when stripping or the template would drop most of it."""
+    chars = len(question) if chars is None else chars
     if self.token_chars is not None and chars > limit * self.token_chars:
       raise RowError("too_long", f"question of {chars} characters > {limit} tokens")
     tokens = self.count(question, sizes)
@@ -269,7 +271,7 @@ def _user_record(row, fields, name, path, seen, budget, config) -> dict:
   if not question:
     raise RowError("empty_question", "question is only image markers")
   if budget is not None:
-    budget.check(question, sizes, config.max_prompt_tokens)
+    budget.check(question, sizes, config.max_prompt_tokens, chars=len(fields_ok["question"]))
   subset = mapped.get("subset")
   choices = fields_ok["choices"]
   return records.make_record(id=fields_ok["id"], source=name, subset=str(subset or name),
