@@ -40,7 +40,7 @@ def png(side=64) -> bytes:
   return buf.getvalue()
 
 
-def load_prompts(path, tok, build_user_text, *, max_prompt_tokens, vision=None, workdir=None):
+def load_file(path, tok, build_user_text, *, max_prompt_tokens, vision=None, workdir=None):
   """Every record of a prompt file and the rejects, the way `zppo train` reads it; each rejected
   row is in `<workdir>/rejects.jsonl` (workdir: next to the file by default)."""
   return train_data.load_records(path, workdir or path.parent, tok, build_user_text,
@@ -93,7 +93,7 @@ def write_jsonl(path, items):
 def test_every_bad_row_is_rejected_with_its_reason(tok, tmp_path):
   good = [row(100 + i) for i in range(3)]
   write_jsonl(tmp_path / "d.jsonl", [r for r, _ in BAD_ROWS] + good)
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200,
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200,
                      vision=VISION)
   assert [r["id"] for r in out.records] == [r["id"] for r in good]
   rejects = [json.loads(l) for l in (tmp_path / "rejects.jsonl").read_text().splitlines()]
@@ -107,7 +107,7 @@ def test_strict_types_of_the_kept_rows(tok, tmp_path):
   write_jsonl(tmp_path / "d.jsonl", [
       {"id": 7, "question": "q?", "answer": 3}, {"id": "f", "question": "q?", "answer": 0.5},
       row(1, choices=["1", "2"]), row(2, choices={"A": "1", "B": "2"}), row(3, choices=[])])
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
   assert [(r["id"], r["answer"], r.get("choices")) for r in out.records] == [
       ("7", "3", None), ("f", "0.5", None), ("r1", "2", ["1", "2"]),
       ("r2", "2", {"A": "1", "B": "2"}), ("r3", "2", None)]
@@ -128,7 +128,7 @@ def test_embedded_image_bytes_in_every_form(tok, tmp_path):
                  tmp_path / "struct.parquet")  # list<struct<bytes, path>>, the HF Image feature
   for name, count in (("d.jsonl", 5), ("binary.parquet", 2), ("struct.parquet", 1)):
     run = tmp_path / name.replace(".", "_")
-    out = load_prompts(tmp_path / name, tok, augment.user_text, max_prompt_tokens=4096,
+    out = load_file(tmp_path / name, tok, augment.user_text, max_prompt_tokens=4096,
                        vision=VISION, workdir=run)
     assert len(out.records) == count and not out.rejects, (name, out.rejects,
                                                             (run / "rejects.jsonl").read_text())
@@ -141,7 +141,7 @@ def test_embedded_image_bytes_in_every_form(tok, tmp_path):
 def test_rows_with_images_are_refused_for_a_text_only_model(tok, tmp_path):
   write_jsonl(tmp_path / "d.jsonl", [row(0, images=[{"bytes": base64.b64encode(png()).decode()}]),
                                      row(1)])
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == ["r1"] and dict(out.rejects) == {"needs_vision": 1}
 
 
@@ -153,7 +153,7 @@ def test_rows_with_images_are_refused_for_a_text_only_model(tok, tmp_path):
 def test_a_5mb_row_is_handled_in_linear_time(tok, tmp_path, question, capsys):
   write_jsonl(tmp_path / "d.jsonl", [row(0, question=question), row(1)])
   start = time.perf_counter()
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=4096)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=4096)
   with capsys.disabled():  # Reported, not asserted (no timing assertions in tests).
     print(f"\n5 MB row: {time.perf_counter() - start:.3f} s")
   assert [r["id"] for r in out.records] == ["r1"] and dict(out.rejects) == {"too_long": 1}
@@ -178,7 +178,7 @@ def test_fuzz_the_loader_never_aborts_and_accounts_for_every_row(tok, tmp_path, 
   path = tmp_path / "fuzz.jsonl"
   path.write_bytes(b"".join(i + b"\n" for i in items))
   with tempfile.TemporaryDirectory() as run:   # a fresh build for every example
-    out = load_prompts(path, tok, augment.user_text, max_prompt_tokens=200, vision=VISION,
+    out = load_file(path, tok, augment.user_text, max_prompt_tokens=200, vision=VISION,
                        workdir=pathlib.Path(run))
   nonblank = sum(1 for i in items if i.strip())
   assert len(out.records) + sum(out.rejects.values()) == nonblank

@@ -10,7 +10,7 @@ from zppo_jax.data import demo_task, demo_tokenizer, train_data
 from zppo_jax.train import augment
 
 
-def load_prompts(path, tok, build_user_text, *, max_prompt_tokens):
+def load_file(path, tok, build_user_text, *, max_prompt_tokens):
   return train_data.load_records(path, path.parent, tok, build_user_text, vision=None,
                                  max_prompt_tokens=max_prompt_tokens, min_image_side=32,
                                  stream=io.StringIO())
@@ -44,7 +44,7 @@ def write_broken(path):
 
 def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
   good = write_broken(tmp_path / "data.jsonl")
-  out = load_prompts(tmp_path / "data.jsonl", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "data.jsonl", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == [r["id"] for r in good]
   assert dict(out.rejects) == {"bad_record": 2, "no_id": 1, "duplicate_id": 1,
                                "empty_question": 1, "no_answer": 2, "too_long": 1,
@@ -63,7 +63,7 @@ def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
 def test_parquet_input(tok, tmp_path):
   rows = demo_task.records([1], 6, seed=2)
   pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-  out = load_prompts(tmp_path / "d.parquet", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "d.parquet", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == [r["id"] for r in rows] and not out.rejects
 
 
