@@ -6,8 +6,10 @@
 A field map names, for each record field (`id`, `question`, `answer`, `images`, optional `subset`),
 the input column; a dotted name reaches into a struct (`reward_model.ground_truth`). Images may be
 encoded bytes, `{"bytes": ..., "path": ...}` structs (the HF `Image` feature), or paths relative to
-the input file. Every row ends as written or rejected with one reason (`REJECT_REASONS`), and the
-counts go to `report.json`. The row checks here are shared with the ZPPO-77K builder.
+the input file. Every row ends as written or rejected with one reason (`REJECT_REASONS`): the
+counts go to `report.json`, each rejected row with its reason to `rejects.jsonl`. The row rules are
+`data.rows`' (shared with the ZPPO-77K builder); `zppo train` builds a JSONL/Parquet prompt file
+with this builder (`data.train_data.prepare`).
 """
 from __future__ import annotations
 

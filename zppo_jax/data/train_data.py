@@ -181,8 +181,9 @@ class TrainData:
 
   @property
   def rejects(self) -> dict[str, int]:
-    """Records skipped so far (this process), by reason: rows of a prompt file rejected when it
-    was built, duplicates in the shards, records skipped by the pipeline."""
+    """Records skipped, by reason: the rows of a prompt file rejected when it was built (all of
+    them), plus duplicates in the shards and records the pipeline skipped so far (this
+    process)."""
     return dict(self.build_rejects + collections.Counter(self.pipeline.build_rejects)
                 + self._iterator.rejects)
 
