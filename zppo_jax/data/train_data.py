@@ -94,10 +94,11 @@ def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_
                             f"{'/'.join(PROMPT_FILE_SUFFIXES)} prompt file")
   out, rejects_path = pathlib.Path(workdir) / name, pathlib.Path(workdir) / rejects_name
   budget = max_prompt_tokens if tokenizer is not None else 0
-  stamp = {"input": str(path.resolve()), "sha256": _sha256(path), "min_image_side": min_image_side,
-           "max_prompt_tokens": budget, "vision": repr(vision),
-           "tokenizer": getattr(tokenizer, "name_or_path", None) if budget else None}
   if distributed.is_main():
+    # What the build depends on: it is redone when any of this changes.
+    stamp = {"input": str(path.resolve()), "sha256": _sha256(path),
+             "min_image_side": min_image_side, "max_prompt_tokens": budget, "vision": repr(vision),
+             "tokenizer": getattr(tokenizer, "name_or_path", None) if budget else None}
     stamp_file = out / "input.json"
     if not (stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
             and is_built(out) and rejects_path.exists()):
@@ -266,9 +267,12 @@ def open_train_data(config, tokenizer, build_user_text, *, vision, workdir, stre
   """`TrainData` for a run config (`config.data.*`, `rl.batch_prompts`, `seed`); a prompt file
   is built with the run's prompt budget, its rejected rows listed in `<workdir>/rejects.jsonl`."""
   d = config.data
-  root = prepare(d.train_path, workdir, min_image_side=d.min_image_side, tokenizer=tokenizer,
-                 build_user_text=build_user_text, vision=vision,
-                 max_prompt_tokens=d.max_prompt_tokens, stream=stream)
+  try:
+    root = prepare(d.train_path, workdir, min_image_side=d.min_image_side, tokenizer=tokenizer,
+                   build_user_text=build_user_text, vision=vision,
+                   max_prompt_tokens=d.max_prompt_tokens, stream=stream)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"data.train_path={e}") from None
   built = root != pathlib.Path(d.train_path)
   if built and not build_report(root)["written"]:
     raise ValueError(f"data.train_path={d.train_path}: no usable rows (each rejected row and its "
@@ -287,6 +291,8 @@ def open_eval_records(config, tokenizer, build_user_text, *, vision, workdir, st
   d = config.data
   if not d.eval_path:
     return []
+  if not pathlib.Path(d.eval_path).exists():
+    raise FileNotFoundError(f"data.eval_path={d.eval_path}: no such file or directory")
   return load_records(d.eval_path, workdir, tokenizer, build_user_text, vision=vision,
                       max_prompt_tokens=d.max_prompt_tokens, min_image_side=d.min_image_side,
                       name="eval_data", rejects_name="eval_rejects.jsonl", keep_prompts=False,
