@@ -163,10 +163,9 @@ def validate_row(row: dict, seen: Container[str], base: pathlib.Path) -> dict:
       `empty_question`, `no_answer`, `broken_image`) and the field.
   """
   row_id = row.get("id")
-  if isinstance(row_id, bool) or isinstance(row_id, float) or not isinstance(
-      row_id, (str, int, bytes, type(None))):
+  if row_id is not None and (isinstance(row_id, bool) or not isinstance(row_id, (str, int, bytes))):
     raise RowError("bad_field", f"id is {type(row_id).__name__}, not a string or integer")
-  row_id = text_field(None if row_id == "" else row_id, "id", missing="no_id")
+  row_id = text_field(row_id, "id", missing="no_id")
   if row_id in seen:
     raise RowError("duplicate_id", f"id {row_id!r} was seen before")
   question = text_field(row.get("question"), "question", missing="empty_question")
