@@ -69,8 +69,9 @@ def test_parquet_input(tok, tmp_path):
 
 def test_no_usable_rows_is_a_clear_error(tok, tmp_path):
   from zppo_jax.train.config import load_config
-  (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "a", "question": " ", "answer": "1"}) + "\n")
-  config = load_config("configs/demo.py:tiny", [f"--config.data.train_path={tmp_path / 'bad.jsonl'}"])
+  path = tmp_path / "bad.jsonl"
+  path.write_text(json.dumps({"id": "a", "question": " ", "answer": "1"}) + "\n")
+  config = load_config("configs/demo.py:tiny", [f"--config.data.train_path={path}"])
   with pytest.raises(ValueError, match="no usable rows"):
     train_data.open_train_data(config, tok, augment.user_text, vision=None,
                                workdir=tmp_path / "run", stream=io.StringIO())
