@@ -1,8 +1,14 @@
-"""Prompt loading under hostile data: every malformed row is rejected with a reason and counted,
-the load never aborts, types are strict, embedded image bytes load, and text handling is linear."""
+"""Prompt files under hostile data: every malformed row is rejected with a reason and counted,
+the load never aborts, types are strict, embedded image bytes load, and text handling is linear.
+
+Prompt files are read as `zppo train` reads `data.train_path` / `data.eval_path`
+(`train_data.load_records`: the generic builder's row rules, then the Grain pipeline);
+tests/test_train_data.py runs the same rows through `run.build_trainer`."""
 import base64
 import io
 import json
+import pathlib
+import tempfile
 import time
 
 from hypothesis import given, HealthCheck, settings, strategies as st
@@ -12,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax.data import demo_task, demo_tokenizer
-from zppo_jax.data.prompts import REJECT_REASONS, encode_prompt, load_prompts
+from zppo_jax.data import demo_task, demo_tokenizer, train_data
+from zppo_jax.data.prompts import encode_prompt
+from zppo_jax.data.rows import REJECT_REASONS
 from zppo_jax.data.vision import VisionProcessorConfig
 from zppo_jax.train import augment
 
@@ -31,6 +38,14 @@ def png(side=64) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(np.full((side, side, 3), 120, np.uint8)).save(buf, format="PNG")
   return buf.getvalue()
+
+
+def load_file(path, tok, build_user_text, *, max_prompt_tokens, vision=None, workdir=None):
+  """Every record of a prompt file and the rejects, the way `zppo train` reads it; each rejected
+  row is in `<workdir>/rejects.jsonl` (workdir: next to the file by default)."""
+  return train_data.load_records(path, workdir or path.parent, tok, build_user_text,
+                                 vision=vision, max_prompt_tokens=max_prompt_tokens,
+                                 min_image_side=32, stream=io.StringIO())
 
 
 def row(i, **fields):
@@ -78,8 +93,8 @@ def write_jsonl(path, items):
 def test_every_bad_row_is_rejected_with_its_reason(tok, tmp_path):
   good = [row(100 + i) for i in range(3)]
   write_jsonl(tmp_path / "d.jsonl", [r for r, _ in BAD_ROWS] + good)
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200,
-                     rejects_path=tmp_path / "rejects.jsonl", vision=VISION)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200,
+                     vision=VISION)
   assert [r["id"] for r in out.records] == [r["id"] for r in good]
   rejects = [json.loads(l) for l in (tmp_path / "rejects.jsonl").read_text().splitlines()]
   assert [(r["line"], r["reason"]) for r in rejects] == [
@@ -92,11 +107,11 @@ def test_strict_types_of_the_kept_rows(tok, tmp_path):
   write_jsonl(tmp_path / "d.jsonl", [
       {"id": 7, "question": "q?", "answer": 3}, {"id": "f", "question": "q?", "answer": 0.5},
       row(1, choices=["1", "2"]), row(2, choices={"A": "1", "B": "2"}), row(3, choices=[])])
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
-  assert [(r["id"], r["answer"], r["choices"]) for r in out.records] == [
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
+  assert [(r["id"], r["answer"], r.get("choices")) for r in out.records] == [
       ("7", "3", None), ("f", "0.5", None), ("r1", "2", ["1", "2"]),
       ("r2", "2", {"A": "1", "B": "2"}), ("r3", "2", None)]
-  json.dumps([{k: v for k, v in r.items() if k != "prompt_ids"} for r in out.records])
+  json.dumps([augment.strip_record(r) for r in out.records])
 
 
 def test_embedded_image_bytes_in_every_form(tok, tmp_path):
@@ -112,20 +127,21 @@ def test_embedded_image_bytes_in_every_form(tok, tmp_path):
   pq.write_table(pa.Table.from_pylist([row(7, images=[{"bytes": data, "path": None}])]),
                  tmp_path / "struct.parquet")  # list<struct<bytes, path>>, the HF Image feature
   for name, count in (("d.jsonl", 5), ("binary.parquet", 2), ("struct.parquet", 1)):
-    out = load_prompts(tmp_path / name, tok, augment.user_text, max_prompt_tokens=4096,
-                       rejects_path=tmp_path / "rejects.jsonl", vision=VISION)
+    run = tmp_path / name.replace(".", "_")
+    out = load_file(tmp_path / name, tok, augment.user_text, max_prompt_tokens=4096,
+                       vision=VISION, workdir=run)
     assert len(out.records) == count and not out.rejects, (name, out.rejects,
-                                                            (tmp_path / "rejects.jsonl").read_text())
+                                                            (run / "rejects.jsonl").read_text())
     for record in out.records:
       json.dumps(record["images"])  # The replay buffer's state is JSON.
       again = encode_prompt(tok, augment.user_text(record["question"]), record["images"], VISION)
-      assert list(again) == record["prompt_ids"] and len(again.image_grid_thw) >= 1
+      assert list(again) == list(record["prompt"]) and len(again.image_grid_thw) >= 1
 
 
 def test_rows_with_images_are_refused_for_a_text_only_model(tok, tmp_path):
   write_jsonl(tmp_path / "d.jsonl", [row(0, images=[{"bytes": base64.b64encode(png()).decode()}]),
                                      row(1)])
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == ["r1"] and dict(out.rejects) == {"needs_vision": 1}
 
 
@@ -137,7 +153,7 @@ def test_rows_with_images_are_refused_for_a_text_only_model(tok, tmp_path):
 def test_a_5mb_row_is_handled_in_linear_time(tok, tmp_path, question, capsys):
   write_jsonl(tmp_path / "d.jsonl", [row(0, question=question), row(1)])
   start = time.perf_counter()
-  out = load_prompts(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=4096)
+  out = load_file(tmp_path / "d.jsonl", tok, augment.user_text, max_prompt_tokens=4096)
   with capsys.disabled():  # Reported, not asserted (no timing assertions in tests).
     print(f"\n5 MB row: {time.perf_counter() - start:.3f} s")
   assert [r["id"] for r in out.records] == ["r1"] and dict(out.rejects) == {"too_long": 1}
@@ -161,11 +177,12 @@ def test_fuzz_the_loader_never_aborts_and_accounts_for_every_row(tok, tmp_path, 
   items = [i.replace(b"\n", b" ").replace(b"\r", b" ") for i in items]
   path = tmp_path / "fuzz.jsonl"
   path.write_bytes(b"".join(i + b"\n" for i in items))
-  out = load_prompts(path, tok, augment.user_text, max_prompt_tokens=200,
-                     rejects_path=tmp_path / "rejects.jsonl", vision=VISION)
+  with tempfile.TemporaryDirectory() as run:   # a fresh build for every example
+    out = load_file(path, tok, augment.user_text, max_prompt_tokens=200, vision=VISION,
+                       workdir=pathlib.Path(run))
   nonblank = sum(1 for i in items if i.strip())
   assert len(out.records) + sum(out.rejects.values()) == nonblank
   assert set(out.rejects) <= set(REJECT_REASONS)
   for record in out.records:
     assert isinstance(record["id"], str) and isinstance(record["answer"], str)
-    assert record["choices"] is None or isinstance(record["choices"], (list, dict))
+    assert isinstance(record.get("choices", []), (list, dict))

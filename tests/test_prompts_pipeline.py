@@ -1,13 +1,19 @@
-"""The prompt pipeline: rejects counted by reason, sharding, seeded order, resumable iterator."""
+"""Prompt files as `zppo train` reads them: rejects counted by reason and listed, Parquet input."""
+import io
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zppo_jax.data import demo_task, demo_tokenizer
-from zppo_jax.data.prompts import PromptIterator, load_prompts
+from zppo_jax.data import demo_task, demo_tokenizer, train_data
 from zppo_jax.train import augment
+
+
+def load_file(path, tok, build_user_text, *, max_prompt_tokens):
+  return train_data.load_records(path, path.parent, tok, build_user_text, vision=None,
+                                 max_prompt_tokens=max_prompt_tokens, min_image_side=32,
+                                 stream=io.StringIO())
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,7 @@ def write_broken(path):
 
 def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
   good = write_broken(tmp_path / "data.jsonl")
-  out = load_prompts(tmp_path / "data.jsonl", tok, augment.user_text, max_prompt_tokens=200,
-                     rejects_path=tmp_path / "rejects.jsonl")
+  out = load_file(tmp_path / "data.jsonl", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == [r["id"] for r in good]
   assert dict(out.rejects) == {"bad_record": 2, "no_id": 1, "duplicate_id": 1,
                                "empty_question": 1, "no_answer": 2, "too_long": 1,
@@ -48,8 +53,9 @@ def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
   assert len(rejects) == 9 and {r["reason"] for r in rejects} == set(out.rejects)
   assert all(r["detail"] for r in rejects)
   assert "/nonexistent.png" in rejects[-1].pop("detail")
+  assert rejects[-1].pop("file") == str(tmp_path / "data.jsonl")
   assert rejects[-1] == {"line": 18, "reason": "broken_image", "id": "e5"}
-  prompt = tok.decode(out.records[0]["prompt_ids"], skip_special_tokens=False)
+  prompt = tok.decode(out.records[0]["prompt"], skip_special_tokens=False)
   assert prompt.startswith("<|im_start|>user\nWhat is") and "\\boxed{}" in prompt
   assert prompt.endswith("<|im_start|>assistant\n")
 
@@ -57,30 +63,16 @@ def test_broken_rows_are_skipped_and_counted(tok, tmp_path):
 def test_parquet_input(tok, tmp_path):
   rows = demo_task.records([1], 6, seed=2)
   pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-  out = load_prompts(tmp_path / "d.parquet", tok, augment.user_text, max_prompt_tokens=200)
+  out = load_file(tmp_path / "d.parquet", tok, augment.user_text, max_prompt_tokens=200)
   assert [r["id"] for r in out.records] == [r["id"] for r in rows] and not out.rejects
 
 
-def test_iterator_shards_shuffles_and_resumes():
-  records = [{"id": str(i)} for i in range(20)]
-  shards = [PromptIterator(records, 2, seed=3, shard_index=p, shard_count=2) for p in (0, 1)]
-  firsts = [[r["id"] for _ in range(5) for r in next(it)] for it in shards]
-  assert sorted(firsts[0] + firsts[1]) == sorted(r["id"] for r in records)  # Disjoint, complete.
-  a = PromptIterator(records, 4, seed=7)
-  b = PromptIterator(records, 4, seed=7)
-  c = PromptIterator(records, 4, seed=8)
-  seq_a = [[r["id"] for r in next(a)] for _ in range(5)]  # Crosses an epoch boundary.
-  assert seq_a == [[r["id"] for r in next(b)] for _ in range(5)]
-  assert seq_a != [[r["id"] for r in next(c)] for _ in range(5)]
-  assert sorted(sum(seq_a, [])[:20]) == sorted(r["id"] for r in records)
-  assert sum(seq_a, [])[:4] != sum(seq_a, [])[20:24] or True
-  state = a.state()
-  expected = [[r["id"] for r in next(a)] for _ in range(3)]
-  resumed = PromptIterator(records, 4, seed=7)
-  resumed.restore(json.loads(json.dumps(state)))
-  assert [[r["id"] for r in next(resumed)] for _ in range(3)] == expected
-
-
-def test_no_usable_rows_is_a_clear_error():
+def test_no_usable_rows_is_a_clear_error(tok, tmp_path):
+  from zppo_jax.train.config import load_config
+  path = tmp_path / "bad.jsonl"
+  path.write_text(json.dumps({"id": "a", "question": " ", "answer": "1"}) + "\n")
+  config = load_config("configs/demo.py:tiny", [f"--config.data.train_path={path}"])
   with pytest.raises(ValueError, match="no usable rows"):
-    PromptIterator([], 2, seed=0)
+    train_data.open_train_data(config, tok, augment.user_text, vision=None,
+                               workdir=tmp_path / "run", stream=io.StringIO())
+  assert json.loads((tmp_path / "run" / "rejects.jsonl").read_text())["reason"] == "empty_question"

@@ -1,4 +1,5 @@
 """The step loop's data: builder output or a prompt file, through one pipeline to prompt records."""
+import base64
 import io
 import json
 
@@ -112,3 +113,45 @@ def test_missing_shard_image_is_named(built):
   bad = record_images.uri(built / "t" / "1.0.0", 10 ** 6, 0)
   with pytest.raises(vision.VisionInputError, match="index=1000000"):
     vision.load_image(bad, "x")
+
+
+def test_zppo_train_lists_every_bad_row_of_a_prompt_file(tmp_path):
+  """`run.build_trainer` (what `zppo train` runs) on a prompt file with every hostile row of
+  tests/test_prompts_hostile.py, a row with an image for the text-only tiny demo student, a 5 MB
+  question and an eval file with bad rows: each lands in WORKDIR/rejects.jsonl (or
+  eval_rejects.jsonl) with its reason, is counted in the trainer's rejects and printed once.
+  The 5 MB row is rejected on this path in ~0.05 s (the load of test_prompts_hostile's
+  `test_a_5mb_row_is_handled_in_linear_time`; reported, not asserted)."""
+  import os
+  from test_prompts_hostile import BAD_ROWS, png as hostile_png, row, write_jsonl
+  from zppo_jax.train import demo, run
+  from zppo_jax.train.config import load_config
+
+  config = load_config("configs/demo.py:tiny", [
+      f"--config.demo.cache_dir={tmp_path / 'cache'}", "--config.demo.num_train=4",
+      "--config.demo.num_eval=2", "--config.demo.student_sft_steps=0",
+      "--config.demo.teacher_sft_steps=0", "--config.method=grpo"])
+  demo.prepare(config, stream=open(os.devnull, "w"))
+  good = [row(100 + i) for i in range(6)]
+  extra = [(row(20, images=[{"bytes": base64.b64encode(hostile_png()).decode()}]), "needs_vision"),
+           (row(21, question="a" * 5_000_000), "too_long")]
+  bad = BAD_ROWS + extra
+  write_jsonl(tmp_path / "train.jsonl", [r for r, _ in bad] + good)
+  write_jsonl(tmp_path / "eval.jsonl", [row(0, answer={"x": 1}), row(1)])
+  config.data.train_path = str(tmp_path / "train.jsonl")
+  config.data.eval_path = str(tmp_path / "eval.jsonl")
+  stream = io.StringIO()
+  trainer, close = run.build_trainer(config, tmp_path / "run", stream=stream)
+  close()
+  listed = [json.loads(l) for l in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+  assert [(r["line"], r["reason"]) for r in listed] == [
+      (i, reason) for i, (_, reason) in enumerate(bad)]
+  assert all(r["detail"] for r in listed)
+  assert sum(trainer.rejects.values()) == len(bad)
+  assert stream.getvalue().count(f"skipped {len(bad)} of {len(bad) + len(good)} rows") == 1
+  assert [r["id"] for r in trainer.eval_records] == ["r1"]
+  (eval_reject,) = [json.loads(l) for l in
+                    (tmp_path / "run" / "eval_rejects.jsonl").read_text().splitlines()]
+  assert (eval_reject["id"], eval_reject["reason"]) == ("r0", "bad_field")
+  batch = next(trainer.prompts)
+  assert {r["id"] for r in batch} <= {r["id"] for r in good}

@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zppo_jax.data import demo_task, demo_tokenizer
-from zppo_jax.data.prompts import PromptIterator, load_prompts
+from zppo_jax.data import demo_task, demo_tokenizer, train_data
 from zppo_jax.rewards import extract_answer
 from zppo_jax.train import augment
 from zppo_jax.train.config import METHODS, load_config
@@ -32,7 +31,16 @@ def assets(tmp_path_factory):
       r["question"])) for r in rows] + ["user assistant candidate WRONG hint summary"]
   tok = demo_tokenizer.build_tokenizer(corpus, root / "tok", vocab_size=400)
   demo_task.write_jsonl(rows, root / "train.jsonl")
-  return tok, root / "train.jsonl", demo_task.records([4], 4, 1, prefix="e")
+  # Built once into shards, as `zppo train` builds a prompt file; every trainer reads them.
+  built = train_data.prepare(root / "train.jsonl", root, min_image_side=32, vision=None)
+  return tok, built, demo_task.records([4], 4, 1, prefix="e")
+
+
+def prompt_batches(tok, built, config):
+  """The step batches `zppo train` takes from the built prompt file."""
+  return train_data.TrainData(built, tok, augment.user_text, vision=None,
+                              batch_size=config.rl.batch_prompts, seed=config.seed,
+                              max_prompt_tokens=256, num_workers=0)
 
 
 class ScriptedPolicy:
@@ -96,8 +104,7 @@ def make_trainer(assets, workdir, method="zppo", steps=3, overrides=()):
   config = load_config("configs/demo.py:tiny", [f"--config.method={method}",
                                                 f"--config.total_steps={steps}", *overrides])
   config.async_checkpointing = False
-  prompts = load_prompts(train_path, tok, augment.user_text, max_prompt_tokens=256)
-  it = PromptIterator(prompts.records, config.rl.batch_prompts, seed=config.seed)
+  it = prompt_batches(tok, train_path, config)
   student, teacher = ScriptedPolicy(tok, skill=3.0), ScriptedPolicy(tok, skill=8.0)
   return Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tok, prompts=it,
                  grader=grader, stop_ids=[student.stop], eval_records=eval_rows,
@@ -289,9 +296,7 @@ def test_step_follows_algorithm_1(assets, tmp_path):
   trainer = make_trainer(assets, tmp_path, "zppo", steps=3,
                          overrides=["--config.rl.batch_prompts=16"])
   rl = trainer.config.rl
-  dataset = PromptIterator(load_prompts(train_path, tok, augment.user_text,
-                                        max_prompt_tokens=256).records,
-                           rl.batch_prompts, seed=trainer.config.seed)
+  dataset = prompt_batches(tok, train_path, trainer.config)
   shadow = ReplayBuffer(rl.buffer_capacity, rl.tau)
   seen = {"groups": [], "teacher": [], "parts": []}
 
@@ -360,7 +365,8 @@ def test_step_follows_algorithm_1(assets, tmp_path):
                   {g.qid: augment.strip_record(g.record) for g in plain})
     assert trainer.buffer.qids() == shadow.qids()
     for record in trainer.buffer.records():
-      assert set(record) <= {"id", "question", "answer", "level", "images", "choices"}
+      assert set(record) <= {"id", "source", "subset", "index", "question", "answer", "images",
+                             "choices"}
   # The run exercised what the checks are about: a replayed question that was still hard, and a
   # hard question whose BCQ/NCQ rollouts reached τ (it must still be admitted / kept).
   assert replayed_hard > 0 and signal_only_in_reformulations > 0

@@ -182,8 +182,10 @@ def test_encode_prompt_expands_images_and_join_keeps_them(tmp_path):
     prompts_lib.encode_prompt(_Tokenizer(), "q?", [str(path)], None, sample="s2")
 
 
-def test_load_prompts_rejects_small_and_corrupt_images(tmp_path):
+def test_prompt_file_rejects_small_and_corrupt_images(tmp_path):
+  import io
   import json
+  from zppo_jax.data import train_data
   cfg = vision_lib.VisionProcessorConfig(min_pixels=64 * 64, max_pixels=64 * 64, min_side=32)
   good, small, corrupt = tmp_path / "g.png", tmp_path / "s.png", tmp_path / "c.png"
   Image.new("RGB", (64, 64)).save(good)
@@ -193,17 +195,20 @@ def test_load_prompts_rejects_small_and_corrupt_images(tmp_path):
           for i, p in enumerate([good, small, corrupt])]
   data = tmp_path / "d.jsonl"
   data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  out = prompts_lib.load_prompts(data, _Tokenizer(), lambda q: q, max_prompt_tokens=100,
-                                 rejects_path=tmp_path / "rejects.jsonl", vision=cfg)
+
+  def load(max_prompt_tokens):
+    return train_data.load_records(data, tmp_path / "run", _Tokenizer(), lambda q: q, vision=cfg,
+                                   max_prompt_tokens=max_prompt_tokens, min_image_side=32,
+                                   stream=io.StringIO())
+
+  out = load(100)
   assert [r["id"] for r in out.records] == ["0"]
-  assert out.records[0]["prompt_ids"].count(IMG) == 4
+  assert list(out.records[0]["prompt"]).count(IMG) == 4
   assert dict(out.rejects) == {"small_image": 1, "broken_image": 1}
-  written = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+  written = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
   assert [(w["id"], w["reason"]) for w in written] == [(1, "small_image"), (2, "broken_image")]
   # The image tokens count against the prompt budget.
-  out = prompts_lib.load_prompts(data, _Tokenizer(), lambda q: q, max_prompt_tokens=12,
-                                 vision=cfg)
-  assert out.rejects["too_long"] == 1
+  assert load(12).rejects["too_long"] == 1
 
 
 def test_student_packs_image_rollouts_with_either_models_features(models):

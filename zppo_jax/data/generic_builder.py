@@ -6,32 +6,33 @@
 A field map names, for each record field (`id`, `question`, `answer`, `images`, optional `subset`),
 the input column; a dotted name reaches into a struct (`reward_model.ground_truth`). Images may be
 encoded bytes, `{"bytes": ..., "path": ...}` structs (the HF `Image` feature), or paths relative to
-the input file. Every row ends as written or rejected with one reason (`REJECT_REASONS`), and the
-counts go to `report.json`. The row checks here are shared with the ZPPO-77K builder.
+the input file. Every row ends as written or rejected with one reason (`REJECT_REASONS`): the
+counts go to `report.json`, each rejected row with its reason to `rejects.jsonl`. The row rules are
+`data.rows`' (shared with the ZPPO-77K builder); `zppo train` builds a JSONL/Parquet prompt file
+with this builder (`data.train_data.prepare`).
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import collections
 import dataclasses
 import json
-import math
 import pathlib
 import re
 from typing import Any, Callable, Iterator
 
-from zppo_jax.data import prompts, records, tfds_source, vision
+from zppo_jax.data import prompts, records, rows, tfds_source, vision
 
 # The prompt pipeline's reasons, plus the ones only a builder can see.
-REJECT_REASONS = prompts.REJECT_REASONS + ("answer_too_long",)
+REJECT_REASONS = rows.REJECT_REASONS + ("answer_too_long",)
 IMAGE_MARKER = re.compile(r"<image>\s*")
 DEFAULT_FIELDS = {"id": "id", "question": "question", "answer": "answer", "images": "images"}
 _INPUT_SUFFIXES = (".jsonl", ".parquet", ".arrow")
 
 
-RowError = prompts.RowError  # A row that cannot be used; `reason` is one of `REJECT_REASONS`.
+# The row rules every builder shares (`data.rows`).
+RowError, text_field, image_sources = rows.RowError, rows.text_field, rows.image_sources
+iter_file_rows, iter_jsonl_rows = rows.iter_file_rows, rows.iter_jsonl_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,60 +55,6 @@ def input_files(path: str | pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def iter_file_rows(path: pathlib.Path, skip_columns: tuple[str, ...] = ()
-                   ) -> Iterator[tuple[int, Any]]:
-  """(row number, row dict or RowError) for every row of one file.
-
-  `skip_columns` are not read from Parquet files (a scan that does not need the image bytes).
-  """
-  if path.suffix == ".jsonl":
-    yield from iter_jsonl_rows(path)
-    return
-  import pyarrow as pa  # Only needed for columnar input.
-  if path.suffix == ".parquet":
-    import pyarrow.parquet as pq
-    file = pq.ParquetFile(path)
-    columns = [c for c in file.schema_arrow.names if c not in skip_columns]
-    batches = file.iter_batches(batch_size=64, columns=columns)
-  else:  # HF `datasets` save_to_disk writes Arrow IPC streams.
-    batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
-  start = 0
-  for batch in batches:
-    try:
-      rows = batch.to_pylist()
-    except UnicodeDecodeError:  # Invalid UTF-8 in a string column: find the bad rows one by one.
-      rows = []
-      for j in range(batch.num_rows):
-        try:
-          rows.append(batch.slice(j, 1).to_pylist()[0])
-        except UnicodeDecodeError as e:
-          rows.append(RowError("non_utf8", str(e)))
-    for j, row in enumerate(rows):
-      yield start + j, row
-    start += batch.num_rows
-
-
-def iter_jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-  """(line number, row dict or RowError) for every non-blank line of a JSONL file: a line that is
-  not UTF-8 (also one cut inside a character) is `non_utf8`, one that is not a JSON object is
-  `bad_record`."""
-  with path.open("rb") as f:
-    for i, line in enumerate(f):
-      if not line.strip():
-        continue
-      try:
-        text = line.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield i, RowError("non_utf8", str(e))
-        continue
-      try:
-        row = json.loads(text)
-      except (json.JSONDecodeError, ValueError, RecursionError) as e:
-        yield i, RowError("bad_record", str(e)[:200])
-        continue
-      yield i, row if isinstance(row, dict) else RowError("bad_record", "not a JSON object")
-
-
 def get_field(row: dict, name: str) -> Any:
   """`row[name]`, following dots into nested dicts; None when absent."""
   value: Any = row
@@ -118,68 +65,15 @@ def get_field(row: dict, name: str) -> Any:
   return value
 
 
-def text_field(value: Any, field: str, *, missing: str) -> str:
-  """A required text field: bytes must be UTF-8; numbers are allowed for answers and ids only."""
-  if isinstance(value, (bytes, bytearray)):
-    try:
-      value = bytes(value).decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise RowError("non_utf8", f"{field}: {e}") from e
-  if value is None:
-    raise RowError(missing, f"{field} is missing")
-  if field in ("answer", "id") and isinstance(value, (int, float)) and not isinstance(value, bool):
-    if not math.isfinite(value):
-      raise RowError("bad_field", f"{field} is {value}, not a finite number")
-    value = str(value)
-  if not isinstance(value, str):
-    raise RowError("bad_field", f"{field} is {type(value).__name__}, not a string")
-  if not value.strip():
-    raise RowError(missing, f"{field} is empty")
-  return value
-
-
-def image_sources(value: Any, base: pathlib.Path) -> list[bytes | pathlib.Path]:
-  """The images of a field, each as encoded bytes or a file path.
-
-  A field is None, one image or a list of images; an image is bytes (a Parquet `binary` or
-  `list<binary>` column), an HF `{"bytes": ..., "path": ...}` struct (its bytes may be base64 text
-  in JSONL), a `data:image/...;base64,` URI, or a path (relative to `base`, else to the working
-  directory).
-
-  Raises:
-    RowError: `broken_image` for a value that is none of these, or base64 that does not decode.
-  """
-  if value is None:
-    return []
-  items = value if isinstance(value, (list, tuple)) else [value]
-  out = []
-  for item in items:
-    if isinstance(item, dict):
-      data = item.get("bytes")
-      item = _base64(data) if isinstance(data, str) and data else (data or item.get("path"))
-    if isinstance(item, (bytes, bytearray)):
-      out.append(bytes(item))
-    elif isinstance(item, str) and item.startswith("data:") and ";base64," in item[:100]:
-      out.append(_base64(item.partition(",")[2]))
-    elif isinstance(item, str) and item:
-      path = pathlib.Path(item)
-      out.append(path if path.is_absolute() or not (base / path).exists() else base / path)
-    else:
-      raise RowError("broken_image", f"unsupported image value {type(item).__name__}")
-  return out
-
-
-def _base64(text: str) -> bytes:
-  try:
-    return base64.b64decode(text, validate=True)
-  except (binascii.Error, ValueError) as e:
-    raise RowError("broken_image", f"image bytes are not valid base64: {e}") from e
-
-
 def image_bytes(value: Any, base: pathlib.Path) -> list[bytes]:
   """The encoded images of a field (see `image_sources`), files read."""
+  return read_images(image_sources(value, base))
+
+
+def read_images(sources: list[bytes | pathlib.Path]) -> list[bytes]:
+  """Encoded image bytes of `image_sources`' values, files read."""
   out = []
-  for source in image_sources(value, base):
+  for source in sources:
     try:
       out.append(source if isinstance(source, bytes) else source.read_bytes())
     except OSError as e:
@@ -215,6 +109,7 @@ class PromptBudget:
   def __init__(self, tokenizer, build_user_text: Callable[[str], str],
                vision_cfg: vision.VisionProcessorConfig = vision.VisionProcessorConfig()):
     self.tokenizer, self.build_user_text, self.vision_cfg = tokenizer, build_user_text, vision_cfg
+    self.token_chars = max_token_chars(tokenizer)
 
   def image_tokens(self, height: int, width: int) -> int:
     cfg = self.vision_cfg
@@ -227,6 +122,29 @@ class PromptBudget:
   def count(self, question: str, sizes: list[tuple[int, int]]) -> int:
     text = prompts.encode_prompt(self.tokenizer, self.build_user_text(question))
     return len(text) + sum(self.image_tokens(h, w) for h, w in sizes)
+
+  def check(self, question: str, sizes: list[tuple[int, int]], limit: int,
+            chars: int | None = None) -> None:
+    """Raises `too_long` when the prompt has more than `limit` tokens, or the question (`chars`
+    long as stored in the row, default `len(question)`) is longer than `limit` times the longest
+    vocabulary entry: that is rejected without being tokenised (a megabyte question in linear
+    time), also when stripping or the template would drop most of it."""
+    chars = len(question) if chars is None else chars
+    if self.token_chars is not None and chars > limit * self.token_chars:
+      raise RowError("too_long", f"question of {chars} characters > {limit} tokens")
+    tokens = self.count(question, sizes)
+    if tokens > limit:
+      raise RowError("too_long", f"{tokens} tokens > {limit}")
+
+
+def max_token_chars(tokenizer) -> int | None:
+  """The longest vocabulary entry: a text of more than `n` times this many characters has more
+  than `n` tokens (a byte-level token covers at most as many characters as its entry has).
+  None for a tokenizer without a vocabulary to read (a test double): no early check."""
+  get_vocab = getattr(tokenizer, "get_vocab", None)
+  if get_vocab is None:
+    return None
+  return max(max(map(len, get_vocab()), default=1), 1)
 
 
 def default_user_text(question: str) -> str:
@@ -251,11 +169,14 @@ class BuildConfig:
     min_image_side: images with a side below this are rejected (`small_image`).
     max_prompt_tokens: longer base prompts are rejected (`too_long`); needs a tokenizer.
     num_shards: ArrayRecord files to write.
+    allow_images: False for a text-only student: rows with images are rejected up front
+      (`needs_vision`).
   """
   max_answer_chars: int = 512
   min_image_side: int = 100
   max_prompt_tokens: int = 4096
   num_shards: int = 8
+  allow_images: bool = True
 
 
 def parse_field_map(text: str) -> dict[str, str]:
@@ -272,8 +193,13 @@ def parse_field_map(text: str) -> dict[str, str]:
 def build(input_path: str | pathlib.Path, out: str | pathlib.Path, *, name: str,
           fields: dict[str, str] | None = None, tokenizer=None,
           build_user_text: Callable[[str], str] = default_user_text,
-          config: BuildConfig = BuildConfig()) -> dict:
+          vision_cfg: vision.VisionProcessorConfig = vision.VisionProcessorConfig(),
+          config: BuildConfig = BuildConfig(),
+          rejects_path: str | pathlib.Path | None = None) -> dict:
   """Converts a user dataset to shards in `<out>/<name>/<version>/` and writes `report.json`.
+
+  Every row is checked by `rows.validate_row` (the rules of every prompt reader), then its images
+  are decoded and sized, and its prompt counted against the budget.
 
   Args:
     input_path: a JSONL/Parquet/Arrow file or a directory of them.
@@ -282,63 +208,77 @@ def build(input_path: str | pathlib.Path, out: str | pathlib.Path, *, name: str,
     fields: record field -> input column (`parse_field_map`).
     tokenizer: an HF tokenizer for the prompt budget; None skips that filter.
     build_user_text: question -> the user turn counted against the budget.
+    vision_cfg: the image preprocessing whose token counts the budget uses.
     config: the filters.
+    rejects_path: where each rejected row is listed, one JSON line `{file, line, reason, id,
+      detail}` (default `<out>/rejects.jsonl`).
 
   Returns:
     The report: rows read, written, and rejects by reason.
   """
   fields = dict(DEFAULT_FIELDS, **(fields or {}))
-  budget = PromptBudget(tokenizer, build_user_text) if tokenizer is not None else None
+  budget = PromptBudget(tokenizer, build_user_text, vision_cfg) if tokenizer is not None else None
   files = input_files(input_path)
   rejects: collections.Counter = collections.Counter()
   counts = {"rows": 0, "written": 0}
   seen: set[str] = set()
+  rejects_path = pathlib.Path(rejects_path or pathlib.Path(out) / "rejects.jsonl")
+  rejects_path.parent.mkdir(parents=True, exist_ok=True)
 
-  def rows() -> Iterator[dict]:
+  def rows_of(listing) -> Iterator[dict]:
     for f, path in enumerate(files):
       for i, row in iter_file_rows(path):
         counts["rows"] += 1
         try:
-          record = _user_record(row, fields, name, path, f"{path.name}:{i}", seen, budget, config)
+          record = _user_record(row, fields, name, path, seen, budget, config)
         except RowError as e:
           rejects[e.reason] += 1
+          row_id = get_field(row, fields["id"]) if isinstance(row, dict) else None
+          listing.write(json.dumps({
+              "file": str(path), "line": i, "reason": e.reason,
+              "id": row_id if isinstance(row_id, (str, int)) else None,
+              "detail": str(e)[:300]}) + "\n")
           continue
+        seen.add(record["id"])
         counts["written"] += 1
         yield record
 
   directory = tfds_source.dataset_dir(out, name)
-  lengths = records.write_shards(rows(), directory, name, num_shards=config.num_shards)
+  with rejects_path.open("w") as listing:
+    lengths = records.write_shards(rows_of(listing), directory, name,
+                                   num_shards=config.num_shards)
   tfds_source.write_metadata(directory, name, {"train": lengths},
                              f"{name}, built by zppo_jax.data.generic_builder from {input_path}")
   report = {"input": str(input_path), "dataset_dir": str(directory), **counts,
-            "rejects": dict(sorted(rejects.items())),
+            "rejects": dict(sorted(rejects.items())), "rejects_file": str(rejects_path),
             "prompt_budget": "applied" if budget else "skipped (no tokenizer)"}
   assert report["rows"] == report["written"] + sum(rejects.values())
   pathlib.Path(out, "report.json").write_text(json.dumps(report, indent=2) + "\n")
   return report
 
 
-def _user_record(row, fields, name, path, where, seen, budget, config) -> dict:
+def _user_record(row, fields, name, path, seen, budget, config) -> dict:
   if isinstance(row, RowError):
     raise row
-  row_id = text_field(get_field(row, fields["id"]), "id", missing="no_id")
-  question = text_field(get_field(row, fields["question"]), "question", missing="empty_question")
-  answer = text_field(get_field(row, fields["answer"]), "answer", missing="no_answer")
-  if row_id in seen:
-    raise RowError("duplicate_id", row_id)
-  seen.add(row_id)
+  mapped = {key: get_field(row, column) for key, column in fields.items()}
+  mapped.setdefault("choices", row.get("choices"))     # multiple-choice options, for grading
+  fields_ok = rows.validate_row(mapped, seen, path.parent)
+  answer = fields_ok["answer"]
   if config.max_answer_chars and len(answer) > config.max_answer_chars:
-    raise RowError("answer_too_long", where)
-  images = image_bytes(get_field(row, fields["images"]), path.parent)
-  sizes = check_images(images, config.min_image_side, row_id)
-  question = IMAGE_MARKER.sub("", question).strip()
-  if budget is not None and budget.count(question, sizes) > config.max_prompt_tokens:
-    raise RowError("too_long", where)
-  subset = get_field(row, fields["subset"]) if "subset" in fields else None
-  choices = row.get("choices")     # multiple-choice options, for grading
-  return records.make_record(id=row_id, source=name, subset=str(subset or name),
+    raise RowError("answer_too_long", f"answer of {len(answer)} characters")
+  images = read_images(fields_ok["images"])
+  sizes = check_images(images, config.min_image_side, fields_ok["id"])
+  rows.refuse_images(images, config.allow_images)
+  question = IMAGE_MARKER.sub("", fields_ok["question"]).strip()
+  if not question:
+    raise RowError("empty_question", "question is only image markers")
+  if budget is not None:
+    budget.check(question, sizes, config.max_prompt_tokens, chars=len(fields_ok["question"]))
+  subset = mapped.get("subset")
+  choices = fields_ok["choices"]
+  return records.make_record(id=fields_ok["id"], source=name, subset=str(subset or name),
                              question=question, answer=answer, images=images,
-                             meta={"choices": choices} if isinstance(choices, list) else None)
+                             meta={"choices": choices} if choices else None)
 
 
 def main(argv: list[str]) -> int:

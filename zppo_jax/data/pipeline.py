@@ -30,7 +30,7 @@ import numpy as np
 
 from zppo_jax import distributed
 from zppo_jax.data import prompts, records, tfds_source, vision
-from zppo_jax.data.generic_builder import default_user_text
+from zppo_jax.data.generic_builder import default_user_text, max_token_chars
 
 PIPELINE_REJECTS = ("bad_record", "non_utf8", "no_id", "empty_question", "no_answer",
                     "broken_image", "small_image", "too_long", "duplicate_id", "text_only_model")
@@ -87,6 +87,8 @@ class Preprocessor:
     self.tokenizer, self.build_user_text = tokenizer, build_user_text
     self.max_prompt_tokens, self.min_image_side = max_prompt_tokens, min_image_side
     self.vision_cfg = vision_cfg
+    self.max_question_chars = (None if (chars := max_token_chars(tokenizer)) is None
+                               else max_prompt_tokens * chars)
 
   def from_bytes(self, data: bytes) -> dict:
     try:
@@ -103,6 +105,9 @@ class Preprocessor:
         return {"reject": reason, "id": rid if isinstance(rid, str) else None}
     if record.get("images") and self.vision_cfg is None:
       return {"reject": "text_only_model", "id": rid}
+    # Over the budget for sure (`generic_builder.PromptBudget.check`): not tokenised.
+    if self.max_question_chars is not None and len(record["question"]) > self.max_question_chars:
+      return {"reject": "too_long", "id": rid}
     images = []
     for i, data in enumerate(record.get("images") or ()):
       try:

@@ -7,7 +7,12 @@
 One path from stored record to step. `config.data.train_path` names either the output directory
 of a builder (`zppo data build-zppo77k`, `zppo data build`: `<out>/` or `<out>/<name>/<version>/`),
 read as it is, or a JSONL/Parquet prompt file, which is first built into the same record format
-under `<workdir>/train_data/` (by process 0, once; reused while the file is unchanged). Then:
+under `<workdir>/train_data/` (by process 0, once; reused while the file is unchanged): its rows
+are checked by the rules every prompt reader shares (`data.rows`: strict types, every image form,
+images decoded and sized, images refused for a text-only student, the run's prompt budget), and
+each rejected row is listed with its reason in `<workdir>/rejects.jsonl`, counted in
+`TrainData.rejects` and printed once. `config.data.eval_path` is read the same way
+(`open_eval_records`, rejects in `<workdir>/eval_rejects.jsonl`). Then:
 
 - `pipeline.Pipeline` reads the ArrayRecord shards by random access in a seeded global order (a
   new permutation every epoch), each JAX process its own share (`ShardByJaxProcess`);
@@ -27,15 +32,20 @@ or token ids) for the records this process read. Replayed and reformulated promp
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import json
 import pathlib
 import sys
+from typing import Callable
 
 import grain
 import jax
 
 from zppo_jax import distributed
 from zppo_jax.data import generic_builder, prompts, record_images, tfds_source
+from zppo_jax.data import vision as vision_lib
+from zppo_jax.data.generic_builder import default_user_text
 from zppo_jax.data.pipeline import Pipeline, PipelineConfig
 
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet")
@@ -52,8 +62,25 @@ def is_built(path: str | pathlib.Path) -> bool:
 
 
 def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_side: int,
-            stream=None) -> pathlib.Path:
+            tokenizer=None, build_user_text: Callable[[str], str] = default_user_text,
+            vision: vision_lib.VisionProcessorConfig | None = vision_lib.VisionProcessorConfig(),
+            max_prompt_tokens: int = 0, name: str = "train_data",
+            rejects_name: str = "rejects.jsonl", stream=None) -> pathlib.Path:
   """The builder output to read: `path` itself, or a prompt file built under the workdir.
+
+  A prompt file's rows go through the generic builder's checks (`data.rows`, the images decoded
+  and sized, the prompt budget when a tokenizer is given); each rejected row is listed with its
+  reason in `<workdir>/<rejects_name>` and the counts are printed once.
+
+  Args:
+    path: a builder output directory, or a JSONL/Parquet prompt file.
+    workdir: the run directory; a prompt file is built into `<workdir>/<name>/`.
+    min_image_side: images with a smaller side are rejected (`small_image`).
+    tokenizer, build_user_text, max_prompt_tokens: the prompt budget (0 or no tokenizer: none).
+    vision: the student's image preprocessing (the image tokens of the budget); None for a
+      text-only student, whose rows with images are rejected (`needs_vision`).
+    name, rejects_name: where a prompt file is built and its rejects listed.
+    stream: where the reject counts are printed (default stderr).
 
   Raises:
     FileNotFoundError: if `path` is neither a built dataset nor a JSONL/Parquet file.
@@ -63,28 +90,50 @@ def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_
     tfds_source.find_dataset_dir(path)    # raises, naming the directory, if nothing is built
     return path
   if path.suffix not in PROMPT_FILE_SUFFIXES or not path.is_file():
-    raise FileNotFoundError(f"data.train_path={path}: not a builder output directory nor a "
+    raise FileNotFoundError(f"{path}: not a builder output directory nor a "
                             f"{'/'.join(PROMPT_FILE_SUFFIXES)} prompt file")
-  out = pathlib.Path(workdir) / "train_data"
-  stamp = {"input": str(path.resolve()), "size": path.stat().st_size,
-           "mtime_ns": path.stat().st_mtime_ns, "min_image_side": min_image_side}
+  out, rejects_path = pathlib.Path(workdir) / name, pathlib.Path(workdir) / rejects_name
+  budget = max_prompt_tokens if tokenizer is not None else 0
   if distributed.is_main():
+    # What the build depends on: it is redone when any of this changes.
+    stamp = {"input": str(path.resolve()), "sha256": _sha256(path),
+             "min_image_side": min_image_side, "max_prompt_tokens": budget, "vision": repr(vision),
+             "tokenizer": getattr(tokenizer, "name_or_path", None) if budget else None}
     stamp_file = out / "input.json"
     if not (stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
-            and is_built(out)):
-      # No answer-length or prompt-budget rule here: a custom set keeps its rows, and the
-      # pipeline applies the run's prompt budget per record.
-      config = generic_builder.BuildConfig(max_answer_chars=0, min_image_side=min_image_side,
-                                           num_shards=1)
+            and is_built(out) and rejects_path.exists()):
+      # No answer-length rule here: a custom set keeps its long answers.
+      config = generic_builder.BuildConfig(
+          max_answer_chars=0, min_image_side=min_image_side, max_prompt_tokens=budget,
+          num_shards=1, allow_images=vision is not None)
       for old in out.glob(f"{BUILT_NAME}/*/*"):
         old.unlink()
-      report = generic_builder.build(path, out, name=BUILT_NAME, config=config)
+      generic_builder.build(path, out, name=BUILT_NAME, config=config,
+                            tokenizer=tokenizer if budget else None,
+                            build_user_text=build_user_text,
+                            vision_cfg=vision or vision_lib.VisionProcessorConfig(),
+                            rejects_path=rejects_path)
       stamp_file.write_text(json.dumps(stamp) + "\n")
-      if report["rejects"]:
-        print(f"data: {path} built into {out}; skipped {sum(report['rejects'].values())} rows "
-              f"({report['rejects']}); see {out / 'report.json'}", file=stream or sys.stderr)
-  distributed.barrier("train_data")
+    report = build_report(out)
+    if report["rejects"]:
+      print(f"data: {path}: skipped {sum(report['rejects'].values())} of {report['rows']} rows "
+            f"({report['rejects']}); each with its reason in {rejects_path}",
+            file=stream or sys.stderr)
+  distributed.barrier(f"prepare {name}")
   return out
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def build_report(root: str | pathlib.Path) -> dict:
+  """The generic builder's `report.json` of a built prompt file (rows, written, rejects)."""
+  return json.loads((pathlib.Path(root) / "report.json").read_text())
 
 
 class TrainData:
@@ -100,11 +149,14 @@ class TrainData:
     seed, shuffle, num_epochs: the order (`PipelineConfig`).
     max_prompt_tokens, min_image_side: records over the budget / with smaller images are skipped.
     num_workers: Grain worker processes (0: threads in this process).
+    build_rejects: rows rejected when a prompt file was built (`prepare`), by reason; counted in
+      `rejects`.
   """
 
   def __init__(self, path: str | pathlib.Path, tokenizer, build_user_text, *, vision,
                batch_size: int, seed: int, shuffle: bool = True, num_epochs: int = 0,
-               max_prompt_tokens: int = 4096, min_image_side: int = 100, num_workers: int = 0):
+               max_prompt_tokens: int = 4096, min_image_side: int = 100, num_workers: int = 0,
+               build_rejects: dict[str, int] | None = None):
     cfg = PipelineConfig(seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                          global_batch=batch_size, drop_last=True, num_workers=num_workers,
                          max_prompt_tokens=max_prompt_tokens, min_image_side=min_image_side,
@@ -113,13 +165,14 @@ class TrainData:
                              shard=grain.sharding.ShardByJaxProcess(drop_remainder=True),
                              build_user_text=build_user_text)
     self.directory = tfds_source.find_dataset_dir(path)
+    self.build_rejects = collections.Counter(build_rejects or {})
     self._iterator = self.pipeline.iterator()
 
   def __iter__(self):
     return self
 
   def __next__(self) -> list[dict]:
-    local = [self._record(e) for e in next(self._iterator)]
+    local = [to_record(self.directory, e) for e in next(self._iterator)]
     if jax.process_count() == 1:
       return local
     light = [{k: v for k, v in r.items() if k != "prompt"} for r in local]
@@ -127,22 +180,13 @@ class TrainData:
     me = jax.process_index()
     return [r for p, part in enumerate(parts) for r in (local if p == me else part)]
 
-  def _record(self, example: dict) -> dict:
-    index = int(example["index"])
-    ids = [int(t) for t in example["prompt_ids"]]
-    prompt = (prompts.ImagePrompt(ids, example["pixel_values"], example["image_grid_thw"])
-              if len(example["image_grid_thw"]) else ids)
-    record = {k: example[k] for k in ("id", "source", "subset", "question", "answer")}
-    record.update(images=[record_images.uri(self.directory, index, k)
-                          for k in range(len(example["images"]))], index=index, prompt=prompt)
-    if "choices" in example["meta"]:        # multiple-choice grading
-      record["choices"] = example["meta"]["choices"]
-    return record
-
   @property
   def rejects(self) -> dict[str, int]:
-    """Records skipped so far (this process), by reason, duplicates in the shards included."""
-    return dict(collections.Counter(self.pipeline.build_rejects) + self._iterator.rejects)
+    """Records skipped, by reason: the rows of a prompt file rejected when it was built (all of
+    them), plus duplicates in the shards and records the pipeline skipped so far (this
+    process)."""
+    return dict(self.build_rejects + collections.Counter(self.pipeline.build_rejects)
+                + self._iterator.rejects)
 
   def state(self) -> dict:
     """Every process's position (JSON-able): the checkpoint is written by one process."""
@@ -159,12 +203,97 @@ class TrainData:
     self._iterator.set_state(states[jax.process_index()])
 
 
+def to_record(directory: pathlib.Path, example: dict) -> dict:
+  """A pipeline example -> a prompt record (images named in the shards, the pipeline's prompt)."""
+  index = int(example["index"])
+  ids = [int(t) for t in example["prompt_ids"]]
+  prompt = (prompts.ImagePrompt(ids, example["pixel_values"], example["image_grid_thw"])
+            if len(example["image_grid_thw"]) else ids)
+  record = {k: example[k] for k in ("id", "source", "subset", "question", "answer")}
+  record.update(images=[record_images.uri(directory, index, k)
+                        for k in range(len(example["images"]))], index=index, prompt=prompt)
+  if "choices" in example["meta"]:        # multiple-choice grading
+    record["choices"] = example["meta"]["choices"]
+  return record
+
+
+@dataclasses.dataclass
+class RecordSet:
+  """Every usable record of a data path, in stored order, and the rejects by reason."""
+  records: list[dict]
+  rejects: dict[str, int]
+
+
+def load_records(path: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer,
+                 build_user_text: Callable[[str], str], *, vision, max_prompt_tokens: int,
+                 min_image_side: int, name: str = "train_data",
+                 rejects_name: str = "rejects.jsonl", keep_prompts: bool = True,
+                 stream=None) -> RecordSet:
+  """All records of a data path at once (a held-out set): `prepare`, then one pass of the
+  pipeline in stored order on every process, so each record's prompt is made as in training.
+
+  Args:
+    path, workdir, name, rejects_name, stream: as `prepare`.
+    tokenizer, build_user_text, vision, max_prompt_tokens, min_image_side: as `TrainData`.
+    keep_prompts: False drops each record's `prompt` (with its pixels); the trainer makes it
+      again from the record when it is used (`augment.record_prompt`, the same function).
+  """
+  root = prepare(path, workdir, min_image_side=min_image_side, tokenizer=tokenizer,
+                 build_user_text=build_user_text, vision=vision,
+                 max_prompt_tokens=max_prompt_tokens, name=name, rejects_name=rejects_name,
+                 stream=stream)
+  built = root != pathlib.Path(path)
+  rejects = collections.Counter(build_report(root)["rejects"] if built else {})
+  if built and not build_report(root)["written"]:
+    return RecordSet([], dict(rejects))
+  cfg = PipelineConfig(shuffle=False, num_epochs=1, batch_size=0, drop_last=False,
+                       max_prompt_tokens=max_prompt_tokens, min_image_side=min_image_side,
+                       vision=vision)
+  pipeline = Pipeline(root, tokenizer, cfg, shard=grain.sharding.NoSharding(),
+                      build_user_text=build_user_text)
+  directory = tfds_source.find_dataset_dir(root)
+  iterator = pipeline.iterator()
+  out = []
+  for example in next(iterator, []):
+    record = to_record(directory, example)
+    if not keep_prompts:
+      del record["prompt"]
+    out.append(record)
+  return RecordSet(out, dict(rejects + pipeline.build_rejects + iterator.rejects))
+
+
 def open_train_data(config, tokenizer, build_user_text, *, vision, workdir, stream=None
                     ) -> TrainData:
-  """`TrainData` for a run config (`config.data.*`, `rl.batch_prompts`, `seed`)."""
+  """`TrainData` for a run config (`config.data.*`, `rl.batch_prompts`, `seed`); a prompt file
+  is built with the run's prompt budget, its rejected rows listed in `<workdir>/rejects.jsonl`."""
   d = config.data
-  root = prepare(d.train_path, workdir, min_image_side=d.min_image_side, stream=stream)
+  try:
+    root = prepare(d.train_path, workdir, min_image_side=d.min_image_side, tokenizer=tokenizer,
+                   build_user_text=build_user_text, vision=vision,
+                   max_prompt_tokens=d.max_prompt_tokens, stream=stream)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"data.train_path={e}") from None
+  built = root != pathlib.Path(d.train_path)
+  if built and not build_report(root)["written"]:
+    raise ValueError(f"data.train_path={d.train_path}: no usable rows (each rejected row and its "
+                     f"reason is in {pathlib.Path(workdir) / 'rejects.jsonl'})")
   return TrainData(root, tokenizer, build_user_text, vision=vision,
                    batch_size=config.rl.batch_prompts, seed=config.seed, shuffle=d.shuffle,
                    num_epochs=d.num_epochs, max_prompt_tokens=d.max_prompt_tokens,
-                   min_image_side=d.min_image_side, num_workers=d.num_workers)
+                   min_image_side=d.min_image_side, num_workers=d.num_workers,
+                   build_rejects=build_report(root)["rejects"] if built else None)
+
+
+def open_eval_records(config, tokenizer, build_user_text, *, vision, workdir, stream=None
+                      ) -> list[dict]:
+  """The held-out records of `config.data.eval_path` (empty when unset), read like training
+  data; rejected rows are listed in `<workdir>/eval_rejects.jsonl`."""
+  d = config.data
+  if not d.eval_path:
+    return []
+  if not pathlib.Path(d.eval_path).exists():
+    raise FileNotFoundError(f"data.eval_path={d.eval_path}: no such file or directory")
+  return load_records(d.eval_path, workdir, tokenizer, build_user_text, vision=vision,
+                      max_prompt_tokens=d.max_prompt_tokens, min_image_side=d.min_image_side,
+                      name="eval_data", rejects_name="eval_rejects.jsonl", keep_prompts=False,
+                      stream=stream).records

@@ -207,8 +207,8 @@ def _check_file(source: str, path: pathlib.Path, rows: set[int], budget,
       if filters.max_answer_chars and len(p.answer) > filters.max_answer_chars:
         raise gb.RowError("answer_too_long")
       sizes = gb.check_images(p.images(), filters.min_image_side, p.id)
-      if budget is not None and budget.count(p.question, sizes) > filters.max_prompt_tokens:
-        raise gb.RowError("too_long")
+      if budget is not None:
+        budget.check(p.question, sizes, filters.max_prompt_tokens)
     except gb.RowError as e:
       reasons[i] = e.reason
   return reasons

@@ -3,6 +3,8 @@
 Prompts are rendered with the checkpoint's chat template (assistant turn opened), sampled in one
 batched `Sampler` call per batch with the evaluation decoding settings, and decoded with the
 special tokens kept (``<think>`` must survive for the answer extractor) and the stop token dropped.
+Special-token strings inside a benchmark's text are written as plain text first (`data.markup`),
+as in training prompts, so a question cannot forge a chat turn or an image slot.
 
 A checkpoint with vision weights is loaded as the multimodal model. A batch holding any image or
 video prompt then goes through the embedding path: each prompt's media are preprocessed with the
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
+from zppo_jax.data import markup
 from zppo_jax.data import vision as vision_data
 from zppo_jax.eval.items import EvalPrompt, Media
 from zppo_jax.eval.runner import DecodingConfig
@@ -130,7 +133,10 @@ class SamplerGenerator:
     return cls(model, transformers.AutoTokenizer.from_pretrained(str(directory)), decoding)
 
   def _chat_text(self, prompt: EvalPrompt, slots: str = "") -> str:
-    messages = [dict(m) for m in prompt.messages]
+    # A benchmark's text is data: a chat marker or image pad inside a question must not become
+    # the real token (`data.markup`); the media slots are added after.
+    messages = [dict(m, content=markup.neutralize_special_tokens(m["content"], self.tokenizer))
+                for m in prompt.messages]
     if slots:
       first_user = next(m for m in messages if m["role"] == "user")
       first_user["content"] = slots + first_user["content"]

@@ -39,7 +39,7 @@ def record_prompt(tokenizer, record: dict, vision=None) -> list[int]:
 
   Raises:
     ValueError: naming the record, when it has images and the model has none, or an image is
-      unusable (records loaded with `load_prompts(..., vision=)` had those rejected already).
+      unusable (records read through `data.train_data` had those rejected already).
   """
   if "prompt" in record:   # made by the data pipeline (`data.train_data`)
     return record["prompt"]

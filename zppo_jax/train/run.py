@@ -68,7 +68,6 @@ class _Graded:
 def build_trainer(config, workdir: pathlib.Path, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
   from zppo_jax.data import train_data
-  from zppo_jax.data.prompts import load_prompts
   from zppo_jax.sampling import SamplingParams
   from zppo_jax.train import augment
   from zppo_jax.train.config import method_flags
@@ -102,11 +101,9 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
     teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
   iterator = train_data.open_train_data(config, tokenizer, augment.user_text,
                                         vision=student.vision, workdir=workdir, stream=stream)
-  eval_records = []
-  if config.data.eval_path:
-    eval_records = load_prompts(config.data.eval_path, tokenizer, augment.user_text,
-                                max_prompt_tokens=config.data.max_prompt_tokens,
-                                vision=student.vision).records
+  eval_records = train_data.open_eval_records(config, tokenizer, augment.user_text,
+                                              vision=student.vision, workdir=workdir,
+                                              stream=stream)
   grader = make_grader(config, teacher, tokenizer)
   trainer = Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tokenizer,
                     prompts=iterator, grader=grader, stop_ids=stop_ids,
