@@ -22,6 +22,7 @@ import math
 import pathlib
 from typing import Any, Callable, Iterator, Sequence
 
+from etils import epath
 import grain
 import numpy as np
 
@@ -212,7 +213,7 @@ def load_prompts(path: str | pathlib.Path, tokenizer, build_user_text: Callable[
     # not fit in memory).
     records.append({**record, "prompt_ids": list(ids)})
   if rejects_path is not None:
-    rejects_path = pathlib.Path(rejects_path)
+    rejects_path = epath.Path(rejects_path)  # The workdir's, local or `gs://`.
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     with rejects_path.open("w") as f:
       for item in lines:

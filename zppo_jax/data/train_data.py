@@ -27,16 +27,21 @@ or token ids) for the records this process read. Replayed and reformulated promp
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import os
 import pathlib
+import shutil
 import sys
 
+from etils import epath
 import grain
 import jax
 
 from zppo_jax import distributed
 from zppo_jax.data import generic_builder, prompts, record_images, tfds_source
 from zppo_jax.data.pipeline import Pipeline, PipelineConfig
+from zppo_jax.train import workdir as workdir_lib
 
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet")
 BUILT_NAME = "prompts"
@@ -51,9 +56,18 @@ def is_built(path: str | pathlib.Path) -> bool:
   return True
 
 
-def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_side: int,
+def prepare(path: str | pathlib.Path, workdir: epath.PathLike, *, min_image_side: int,
             stream=None) -> pathlib.Path:
   """The builder output to read: `path` itself, or a prompt file built under the workdir.
+
+  A prompt file is built into `<workdir>/train_data/` by process 0 (once; reused while the file
+  is unchanged). ArrayRecord's reader opens local files only, so with a remote workdir (`gs://`)
+  the shards are built in a local cache directory (`local_cache_dir`), copied to
+  `<workdir>/train_data/` through epath, and each other process copies them from there into its
+  own cache.
+
+  Returns:
+    The local directory to read.
 
   Raises:
     FileNotFoundError: if `path` is neither a built dataset nor a JSONL/Parquet file.
@@ -65,26 +79,58 @@ def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_
   if path.suffix not in PROMPT_FILE_SUFFIXES or not path.is_file():
     raise FileNotFoundError(f"data.train_path={path}: not a builder output directory nor a "
                             f"{'/'.join(PROMPT_FILE_SUFFIXES)} prompt file")
-  out = pathlib.Path(workdir) / "train_data"
+  out = epath.Path(workdir) / "train_data"
+  local = pathlib.Path(out) if workdir_lib.is_local(out) else local_cache_dir(out)
   stamp = {"input": str(path.resolve()), "size": path.stat().st_size,
            "mtime_ns": path.stat().st_mtime_ns, "min_image_side": min_image_side}
   if distributed.is_main():
-    stamp_file = out / "input.json"
-    if not (stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
-            and is_built(out)):
+    if not _up_to_date(local, stamp):
       # No answer-length or prompt-budget rule here: a custom set keeps its rows, and the
       # pipeline applies the run's prompt budget per record.
       config = generic_builder.BuildConfig(max_answer_chars=0, min_image_side=min_image_side,
                                            num_shards=1)
-      for old in out.glob(f"{BUILT_NAME}/*/*"):
+      for old in local.glob(f"{BUILT_NAME}/*/*"):
         old.unlink()
-      report = generic_builder.build(path, out, name=BUILT_NAME, config=config)
-      stamp_file.write_text(json.dumps(stamp) + "\n")
+      report = generic_builder.build(path, local, name=BUILT_NAME, config=config)
+      (local / STAMP_FILE).write_text(json.dumps(stamp) + "\n")
       if report["rejects"]:
         print(f"data: {path} built into {out}; skipped {sum(report['rejects'].values())} rows "
               f"({report['rejects']}); see {out / 'report.json'}", file=stream or sys.stderr)
+    if local != pathlib.Path(out) and not _same_stamp(out / STAMP_FILE, stamp):
+      _copy_tree(epath.Path(local), out)
   distributed.barrier("train_data")
-  return out
+  if not _up_to_date(local, stamp):      # Another process of a run with a remote workdir.
+    _copy_tree(out, epath.Path(local))
+  return local
+
+
+STAMP_FILE = "input.json"   # what the shards were built from; written (and copied) last
+
+
+def local_cache_dir(remote: epath.Path) -> pathlib.Path:
+  """This machine's copy of a remote build directory: `$XDG_CACHE_HOME/zppo-jax/train_data/<hash>`
+  (default `~/.cache`)."""
+  root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+  return root / "zppo-jax" / "train_data" / hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+
+
+def _same_stamp(stamp_file: epath.Path, stamp: dict) -> bool:
+  return stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
+
+
+def _up_to_date(local: pathlib.Path, stamp: dict) -> bool:
+  return _same_stamp(epath.Path(local) / STAMP_FILE, stamp) and is_built(local)
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+  """Copies every file under `src` to `dst` through epath (either may be remote); the stamp goes
+  last, so a copy cut short is never taken for a complete one."""
+  files = [directory / name for directory, _, names in src.walk() for name in names]
+  for file in sorted(files, key=lambda p: p.name == STAMP_FILE):
+    target = dst / file.relative_to(src)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("rb") as f_in, target.open("wb") as f_out:
+      shutil.copyfileobj(f_in, f_out)
 
 
 class TrainData:

@@ -13,8 +13,9 @@ environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
+
+from etils import epath
 
 from zppo_jax import distributed
 from zppo_jax.train.config_check import parse_checked
@@ -65,7 +66,7 @@ class _Graded:
     return list(self.scores)
 
 
-def build_trainer(config, workdir: pathlib.Path, stream=None):
+def build_trainer(config, workdir: epath.PathLike, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
   from zppo_jax.data import train_data
   from zppo_jax.data.prompts import load_prompts
@@ -115,7 +116,7 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   return trainer, grader.close
 
 
-def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
+def print_summary(summary: dict, workdir: epath.PathLike, stream) -> None:
   """The end-of-run report: buffer dynamics, reformulations, held-out accuracy."""
   from zppo_jax.train.metrics import read_metrics
   rows = read_metrics(workdir)
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> int:
                          int(flags.num_processes) if flags.num_processes else None,
                          int(flags.process_id) if flags.process_id else None)
   enable_compilation_cache(config.compilation_cache_dir)
-  workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
+  # An epath, never resolved: a `gs://` workdir stays in the bucket (`train.workdir`).
+  workdir = epath.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr
   if "demo" in config:   # The demo config (configs/demo.py) builds its models and data.
