@@ -72,10 +72,11 @@ def test_planned_overrides_run_in_train_on_8_devices_with_tensor_2(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   cmd = [sys.executable, "-m", "zppo_jax.cli", "train", "--config=configs/demo.py:tiny",
-         f"--workdir={tmp_path / 'run'}", "--config.total_steps=1", "--config.method=grpo",
+         f"--workdir={tmp_path / 'run'}", "--config.total_steps=1", "--config.method=zppo",
          f"--config.demo.cache_dir={tmp_path / 'demo'}", f"--config.compilation_cache_dir={CACHE}",
          "--config.async_checkpointing=False", *flags]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "student on 8 devices, mesh data=1 x fsdp=4 x tensor=2" in proc.stderr
+  assert "teacher on 8 devices, mesh data=1 x fsdp=4 x tensor=2" in proc.stderr
   assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
