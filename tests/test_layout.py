@@ -15,6 +15,7 @@ from zppo_jax import cli, parallel
 from zppo_jax.errors import UserError
 from zppo_jax.models.qwen3_5 import config as mc
 from zppo_jax.plan import report, shapes
+from zppo_jax.train import model_io
 from zppo_jax.train.config import load_config
 from zppo_jax.train.metrics import read_metrics
 
@@ -61,8 +62,16 @@ def test_hub_name_for_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
                    "--config.compilation_cache_dir="])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1, err
-  assert "config.student.checkpoint='Qwen/Qwen3.5-2B' is a Hub name" in err[0]
+  assert "--config.student.checkpoint='Qwen/Qwen3.5-2B' is a Hub name" in err[0]
   assert "--config.student.checkpoint=DIR" in err[0]
+
+
+def test_fp8_teacher_needs_an_fp8_checkpoint(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(UserError, match="fp8 is on but --config.teacher.checkpoint="):
+    model_io.load_model(str(tmp_path), "float32", fp8=True, what="--config.teacher.checkpoint")
+  with pytest.raises(UserError, match="--model='missing/dir' is a Hub name"):
+    model_io.load_model("missing/dir", "float32", what="--model")
 
 
 def test_planned_overrides_run_in_train_on_8_devices_with_tensor_2(tmp_path):

@@ -84,14 +84,15 @@ def build_trainer(config, workdir: epath.PathLike, stream=None):
     raise ValueError("config.data.train_path is empty: set it to a builder output directory "
                      "(zppo data build-zppo77k / build) or a JSONL or Parquet file")
   tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint,
-                             "data.tokenizer" if config.data.tokenizer else "student.checkpoint")
+                             "--config.data.tokenizer" if config.data.tokenizer
+                             else "--config.student.checkpoint")
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
   student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction)
   student_mesh = parallel.layout_mesh(config.mesh.student, student_devices, "mesh.student")
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
                      config.student.param_dtype, mesh=student_mesh, remat=config.student.remat,
-                     what="student.checkpoint")
+                     what="--config.student.checkpoint")
   student = Student(model, config, stop_ids, mesh=student_mesh)
   print(f"train: student on {len(student_devices)} devices, mesh {_describe(student_mesh)}",
         file=stream)
@@ -101,7 +102,8 @@ def build_trainer(config, workdir: epath.PathLike, stream=None):
     teacher_mesh = parallel.layout_mesh(config.mesh.teacher, teacher_devices, "mesh.teacher")
     teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
                                config.teacher.param_dtype, mesh=teacher_mesh,
-                               fp8=config.teacher.fp8, what="teacher.checkpoint")
+                               fp8=config.teacher.fp8,
+                               what="--config.teacher.checkpoint")
     sampling = SamplingParams(temperature=config.sampling.temperature,
                               top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                               stop_token_ids=stop_ids)
