@@ -15,7 +15,9 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from zppo_jax.train import checkpointing, run
+from etils import epath
+
+from zppo_jax.train import checkpointing, run, workdir
 from zppo_jax.train import trainer as trainer_lib
 from zppo_jax.train.metrics import read_metrics
 
@@ -82,3 +84,17 @@ def test_train_on_a_gs_workdir_writes_nothing_locally(fake_gcs, tmp_path, monkey
   assert fake_gcs["gs://bucket/run/plots/rewards.png"].getvalue().startswith(b"\x89PNG")
   assert "checkpoints/1" in local_files(checkpoints)
   assert os.listdir(tmp_path / "xdg" / "zppo-jax" / "train_data")
+
+
+def test_a_damaged_checkpoint_is_set_aside_in_a_bucket(fake_gcs, tmp_path):
+  step = epath.Path("gs://bucket/run/checkpoints/3")
+  (step / "state").mkdir(parents=True, exist_ok=True)
+  (step / "state" / "data").write_bytes(b"abc")
+  (step / "_CHECKPOINT_METADATA").write_text("{}")
+  aside = epath.Path("gs://bucket/run/checkpoints_corrupt/3")
+  workdir.move_tree(step, aside)        # An object store has no directory to rename.
+  assert sorted(fake_gcs) == ["gs://bucket/run/checkpoints_corrupt/3/_CHECKPOINT_METADATA",
+                              "gs://bucket/run/checkpoints_corrupt/3/state/data"]
+  local = epath.Path(tmp_path / "copy")
+  workdir.copy_tree(aside, local, last="_CHECKPOINT_METADATA")
+  assert (tmp_path / "copy" / "state" / "data").read_bytes() == b"abc"

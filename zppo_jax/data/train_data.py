@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import sys
 
 from etils import epath
@@ -97,10 +96,10 @@ def prepare(path: str | pathlib.Path, workdir: epath.PathLike, *, min_image_side
         print(f"data: {path} built into {out}; skipped {sum(report['rejects'].values())} rows "
               f"({report['rejects']}); see {out / 'report.json'}", file=stream or sys.stderr)
     if local != pathlib.Path(out) and not _same_stamp(out / STAMP_FILE, stamp):
-      _copy_tree(epath.Path(local), out)
+      workdir_lib.copy_tree(epath.Path(local), out, last=STAMP_FILE)
   distributed.barrier("train_data")
   if not _up_to_date(local, stamp):      # Another process of a run with a remote workdir.
-    _copy_tree(out, epath.Path(local))
+    workdir_lib.copy_tree(out, epath.Path(local), last=STAMP_FILE)
   return local
 
 
@@ -120,17 +119,6 @@ def _same_stamp(stamp_file: epath.Path, stamp: dict) -> bool:
 
 def _up_to_date(local: pathlib.Path, stamp: dict) -> bool:
   return _same_stamp(epath.Path(local) / STAMP_FILE, stamp) and is_built(local)
-
-
-def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
-  """Copies every file under `src` to `dst` through epath (either may be remote); the stamp goes
-  last, so a copy cut short is never taken for a complete one."""
-  files = [directory / name for directory, _, names in src.walk() for name in names]
-  for file in sorted(files, key=lambda p: p.name == STAMP_FILE):
-    target = dst / file.relative_to(src)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file.open("rb") as f_in, target.open("wb") as f_out:
-      shutil.copyfileobj(f_in, f_out)
 
 
 class TrainData:

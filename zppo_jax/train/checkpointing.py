@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from zppo_jax.errors import UserError
+from zppo_jax.train import workdir as workdir_lib
 
 
 class CheckpointMismatch(UserError):
@@ -134,7 +135,7 @@ class RunCheckpointer:
     aside.parent.mkdir(parents=True, exist_ok=True)
     if aside.exists():
       aside.rmtree()
-    (self.directory / str(step)).rename(aside)
+    workdir_lib.move_tree(self.directory / str(step), aside)
     self._manager.reload()
 
   def wait(self) -> None:
