@@ -1,4 +1,4 @@
-"""The device layout in the config: `zppo plan` reads it and prints overrides that `zppo train` runs.
+"""The device layout in the config: `zppo plan` reads it and prints overrides for `zppo train`.
 
 `mesh.student` / `mesh.teacher` (data, fsdp, tensor), `student.remat` and `teacher.fp8` are what
 `zppo train` builds the meshes and models from and what `zppo plan` compiles; the overrides the

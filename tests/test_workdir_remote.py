@@ -1,4 +1,4 @@
-"""`zppo train` with a `gs://` workdir writes every file through epath and nothing to the local disk.
+"""`zppo train` with a `gs://` workdir writes every file through epath, nothing on the local disk.
 
 The `gs` and `gcs` protocols of fsspec (the backend epath uses for `gs://` without TensorFlow) are
 served from memory for this test, so the paths go through exactly the code a real bucket does.

@@ -79,7 +79,8 @@ def prepare(path: str | pathlib.Path, workdir: epath.PathLike, *, min_image_side
     raise FileNotFoundError(f"data.train_path={path}: not a builder output directory nor a "
                             f"{'/'.join(PROMPT_FILE_SUFFIXES)} prompt file")
   out = epath.Path(workdir) / "train_data"
-  local = pathlib.Path(out) if workdir_lib.is_local(out) else local_cache_dir(out)
+  remote = not workdir_lib.is_local(out)
+  local = local_cache_dir(out) if remote else pathlib.Path(out)
   stamp = {"input": str(path.resolve()), "size": path.stat().st_size,
            "mtime_ns": path.stat().st_mtime_ns, "min_image_side": min_image_side}
   if distributed.is_main():
@@ -95,10 +96,10 @@ def prepare(path: str | pathlib.Path, workdir: epath.PathLike, *, min_image_side
       if report["rejects"]:
         print(f"data: {path} built into {out}; skipped {sum(report['rejects'].values())} rows "
               f"({report['rejects']}); see {out / 'report.json'}", file=stream or sys.stderr)
-    if local != pathlib.Path(out) and not _same_stamp(out / STAMP_FILE, stamp):
+    if remote and not _same_stamp(out / STAMP_FILE, stamp):
       workdir_lib.copy_tree(epath.Path(local), out, last=STAMP_FILE)
   distributed.barrier("train_data")
-  if not _up_to_date(local, stamp):      # Another process of a run with a remote workdir.
+  if remote and not _up_to_date(local, stamp):    # another process of a multi-host run
     workdir_lib.copy_tree(out, epath.Path(local), last=STAMP_FILE)
   return local
 

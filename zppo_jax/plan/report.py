@@ -224,7 +224,8 @@ def main(argv: list[str]) -> int:
   topo = topology_lib.parse_topology(args.topology)
   print(f"plan {config.name} on {topo.name} ({topo.chips} chips {topo.desc}, "
         f"{topo.chip.hbm_gib:g} GiB HBM each): student {config.student.checkpoint} remat "
-        f"{shape.student.remat}, teacher {config.teacher.checkpoint}{' fp8' if shape.teacher_fp8 else ''}, "
+        f"{shape.student.remat}, teacher {config.teacher.checkpoint}"
+        f"{' fp8' if shape.teacher_fp8 else ''}, "
         f"tensor={shape.tensor}, teacher tensor={shape.teacher_tensor}, "
         f"teacher fraction {shape.teacher_fraction}")
   print(HEADER)
