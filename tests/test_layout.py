@@ -74,9 +74,22 @@ def test_fp8_teacher_needs_an_fp8_checkpoint(tmp_path):
     model_io.load_model("missing/dir", "float32", what="--model")
 
 
-def test_planned_overrides_run_in_train_on_8_devices_with_tensor_2(tmp_path):
-  config = load_config("configs/demo.py:tiny")
-  flags = report.train_overrides(config, tiny_shape(config), tensor=2, teacher_tensor=2)
+def printed_overrides(monkeypatch, capsys, config_path: str) -> list[str]:
+  """The `zppo train` flags `zppo plan` prints when the config's layout does not fit and tensor 2
+  does (the TPU compiles replaced by their verdicts; `test_plan` runs the real ones)."""
+  monkeypatch.setattr(report, "plan", lambda shape, topo, programs, log=print: {
+      "fits": False, "programs": [{"program": "train", "fits": False}]})
+  monkeypatch.setattr(report, "suggest", lambda shape, topo, failed: {
+      "topology": topo.name, "tensor": 2, "teacher_tensor": 2, "fits": True})
+  names = ["--override=--config.student.checkpoint=Qwen3.5-0.8B",   # the presets' shapes
+           "--override=--config.teacher.checkpoint=Qwen3.5-0.8B"]
+  assert report.main(["--config", config_path, "--topology", "v5e-8", *names]) == 1
+  out = capsys.readouterr().out.splitlines()
+  return out[out.index("to train with it (on v5e-8), add to `zppo train`:") + 1].split()
+
+
+def test_planned_overrides_run_in_train_on_8_devices_with_tensor_2(tmp_path, monkeypatch, capsys):
+  flags = printed_overrides(monkeypatch, capsys, "configs/demo.py:tiny")
   assert flags == ["--config.mesh.student=1,-1,2", "--config.mesh.teacher=1,-1,2"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
