@@ -6,8 +6,9 @@ restored step, so a resumed run's file reads like an uninterrupted one; the rows
 `metrics.dropped.jsonl`.
 
 The workdir may be any `etils.epath` location (`gs://` included). Object stores have no append,
-so `metrics.jsonl` is rewritten whole after each step (a run has a few hundred small rows), and
-TensorBoard event files are written through epath too (`EpathRecordWriter`).
+so there `metrics.jsonl` is rewritten whole after each step (a run has a few hundred small rows;
+a local file is appended to, so a reader never sees it half written), and TensorBoard event files
+are written through epath too (`EpathRecordWriter`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import time
 from typing import Mapping, TextIO
 
 from etils import epath
+
+from zppo_jax.train import workdir as workdir_lib
 
 # The progress line: label -> metric key (as the trainer writes them).
 _PROGRESS = {"reward": "reward/plain", "buffer": "buffer/size", "bcq": "reform/bcq",
@@ -63,6 +66,7 @@ class MetricsWriter:
     self._stream = stream or sys.stderr
     self._t0 = time.time()
     self._lines = self._truncate(start_step)
+    self._append = self.path.open("a") if workdir_lib.is_local(self.workdir) else None
     self._tb = None
     if tensorboard:
       try:
@@ -95,7 +99,11 @@ class MetricsWriter:
     """Records one step (1-based) and updates the progress display."""
     row = {"step": int(step), **{k: _plain(v) for k, v in sorted(metrics.items())}}
     self._lines.append(json.dumps(row) + "\n")
-    self.path.write_text("".join(self._lines))
+    if self._append is not None:
+      self._append.write(self._lines[-1])
+      self._append.flush()
+    else:
+      self.path.write_text("".join(self._lines))
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -121,6 +129,8 @@ class MetricsWriter:
     self._stream.flush()
 
   def close(self) -> None:
+    if self._append is not None:
+      self._append.close()
     if self._tb is not None:
       self._tb.close()
 
