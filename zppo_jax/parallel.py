@@ -289,3 +289,31 @@ def split_devices(fraction: float, devices: Sequence) -> tuple[list, list]:
   if fraction <= 0 or len(devices) < 2 or n_teacher >= len(devices):
     return devices, devices
   return devices[:-n_teacher], devices[-n_teacher:]
+
+
+def layout_mesh(layout: Sequence[int], devices: Sequence, name: str) -> Mesh | None:
+  """The mesh of a config layout (`config.mesh.student` / `.teacher`) over `devices`.
+
+  Args:
+    layout: (data, fsdp, tensor) sizes; -1 takes the devices left over.
+    devices: the devices of that side (`split_devices`).
+    name: the config key, for the error.
+
+  Returns:
+    The mesh, or None for a single device (plain, unsharded execution).
+
+  Raises:
+    UserError: naming the key, when the sizes do not fit the devices.
+  """
+  from zppo_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  if len(layout) != 3 or not all(isinstance(s, int) for s in layout):
+    raise UserError(f"config.{name}={tuple(layout)} must be three integers (data, fsdp, tensor), "
+                    f"e.g. --config.{name}=1,-1,2")
+  if len(devices) < 2 and all(s in (1, -1) for s in layout):
+    return None
+  try:
+    return make_mesh(*layout, devices=devices)
+  except ValueError as err:
+    raise UserError(f"config.{name}={tuple(layout)} does not fit its {len(devices)} devices "
+                    f"({err}); give sizes (data, fsdp, tensor) whose product is {len(devices)}, "
+                    f"or -1 for one of them") from None

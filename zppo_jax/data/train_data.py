@@ -35,10 +35,12 @@ import collections
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import sys
 from typing import Callable
 
+from etils import epath
 import grain
 import jax
 
@@ -47,6 +49,7 @@ from zppo_jax.data import generic_builder, prompts, record_images, tfds_source
 from zppo_jax.data import vision as vision_lib
 from zppo_jax.data.generic_builder import default_user_text
 from zppo_jax.data.pipeline import Pipeline, PipelineConfig
+from zppo_jax.train import workdir as workdir_lib
 
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet")
 BUILT_NAME = "prompts"
@@ -61,7 +64,7 @@ def is_built(path: str | pathlib.Path) -> bool:
   return True
 
 
-def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_side: int,
+def prepare(path: str | pathlib.Path, workdir: epath.PathLike, *, min_image_side: int,
             tokenizer=None, build_user_text: Callable[[str], str] = default_user_text,
             vision: vision_lib.VisionProcessorConfig | None = vision_lib.VisionProcessorConfig(),
             max_prompt_tokens: int = 0, name: str = "train_data",
@@ -70,17 +73,24 @@ def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_
 
   A prompt file's rows go through the generic builder's checks (`data.rows`, the images decoded
   and sized, the prompt budget when a tokenizer is given); each rejected row is listed with its
-  reason in `<workdir>/<rejects_name>` and the counts are printed once.
+  reason in `<workdir>/<rejects_name>` and the counts are printed once. The file is built into
+  `<workdir>/<name>/` by process 0 (once; reused while the file and the checks are unchanged).
+  ArrayRecord's reader opens local files only, so with a remote workdir (`gs://`) the shards are
+  built in a local cache directory (`local_cache_dir`), copied to `<workdir>/<name>/` through
+  epath, and each other process copies them from there into its own cache.
 
   Args:
     path: a builder output directory, or a JSONL/Parquet prompt file.
-    workdir: the run directory; a prompt file is built into `<workdir>/<name>/`.
+    workdir: the run directory (local or remote).
     min_image_side: images with a smaller side are rejected (`small_image`).
     tokenizer, build_user_text, max_prompt_tokens: the prompt budget (0 or no tokenizer: none).
     vision: the student's image preprocessing (the image tokens of the budget); None for a
       text-only student, whose rows with images are rejected (`needs_vision`).
     name, rejects_name: where a prompt file is built and its rejects listed.
     stream: where the reject counts are printed (default stderr).
+
+  Returns:
+    The local directory to read.
 
   Raises:
     FileNotFoundError: if `path` is neither a built dataset nor a JSONL/Parquet file.
@@ -92,35 +102,60 @@ def prepare(path: str | pathlib.Path, workdir: str | pathlib.Path, *, min_image_
   if path.suffix not in PROMPT_FILE_SUFFIXES or not path.is_file():
     raise FileNotFoundError(f"{path}: not a builder output directory nor a "
                             f"{'/'.join(PROMPT_FILE_SUFFIXES)} prompt file")
-  out, rejects_path = pathlib.Path(workdir) / name, pathlib.Path(workdir) / rejects_name
+  out, rejects_path = epath.Path(workdir) / name, epath.Path(workdir) / rejects_name
+  remote = not workdir_lib.is_local(out)
+  local = local_cache_dir(out) if remote else pathlib.Path(out)
+  local_rejects = local / rejects_name if remote else pathlib.Path(rejects_path)
   budget = max_prompt_tokens if tokenizer is not None else 0
+  # What the build depends on: it is redone when any of this changes.
+  stamp = {"input": str(path.resolve()), "sha256": _sha256(path),
+           "min_image_side": min_image_side, "max_prompt_tokens": budget, "vision": repr(vision),
+           "tokenizer": getattr(tokenizer, "name_or_path", None) if budget else None}
   if distributed.is_main():
-    # What the build depends on: it is redone when any of this changes.
-    stamp = {"input": str(path.resolve()), "sha256": _sha256(path),
-             "min_image_side": min_image_side, "max_prompt_tokens": budget, "vision": repr(vision),
-             "tokenizer": getattr(tokenizer, "name_or_path", None) if budget else None}
-    stamp_file = out / "input.json"
-    if not (stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
-            and is_built(out) and rejects_path.exists()):
+    if not (_up_to_date(local, stamp) and local_rejects.exists()):
       # No answer-length rule here: a custom set keeps its long answers.
       config = generic_builder.BuildConfig(
           max_answer_chars=0, min_image_side=min_image_side, max_prompt_tokens=budget,
           num_shards=1, allow_images=vision is not None)
-      for old in out.glob(f"{BUILT_NAME}/*/*"):
+      for old in local.glob(f"{BUILT_NAME}/*/*"):
         old.unlink()
-      generic_builder.build(path, out, name=BUILT_NAME, config=config,
+      generic_builder.build(path, local, name=BUILT_NAME, config=config,
                             tokenizer=tokenizer if budget else None,
                             build_user_text=build_user_text,
                             vision_cfg=vision or vision_lib.VisionProcessorConfig(),
-                            rejects_path=rejects_path)
-      stamp_file.write_text(json.dumps(stamp) + "\n")
-    report = build_report(out)
+                            rejects_path=local_rejects)
+      (local / STAMP_FILE).write_text(json.dumps(stamp) + "\n")
+    if remote:
+      rejects_path.write_text(local_rejects.read_text())
+      if not _same_stamp(out / STAMP_FILE, stamp):
+        workdir_lib.copy_tree(epath.Path(local), out, last=STAMP_FILE)
+    report = build_report(local)
     if report["rejects"]:
       print(f"data: {path}: skipped {sum(report['rejects'].values())} of {report['rows']} rows "
             f"({report['rejects']}); each with its reason in {rejects_path}",
             file=stream or sys.stderr)
   distributed.barrier(f"prepare {name}")
-  return out
+  if remote and not _up_to_date(local, stamp):    # another process of a multi-host run
+    workdir_lib.copy_tree(out, epath.Path(local), last=STAMP_FILE)
+  return local
+
+
+STAMP_FILE = "input.json"   # what the shards were built from; written (and copied) last
+
+
+def local_cache_dir(remote: epath.Path) -> pathlib.Path:
+  """This machine's copy of a remote build directory: `$XDG_CACHE_HOME/zppo-jax/train_data/<hash>`
+  (default `~/.cache`)."""
+  root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+  return root / "zppo-jax" / "train_data" / hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+
+
+def _same_stamp(stamp_file: epath.Path, stamp: dict) -> bool:
+  return stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
+
+
+def _up_to_date(local: pathlib.Path, stamp: dict) -> bool:
+  return _same_stamp(epath.Path(local) / STAMP_FILE, stamp) and is_built(local)
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -276,7 +311,7 @@ def open_train_data(config, tokenizer, build_user_text, *, vision, workdir, stre
   built = root != pathlib.Path(d.train_path)
   if built and not build_report(root)["written"]:
     raise ValueError(f"data.train_path={d.train_path}: no usable rows (each rejected row and its "
-                     f"reason is in {pathlib.Path(workdir) / 'rejects.jsonl'})")
+                     f"reason is in {epath.Path(workdir) / 'rejects.jsonl'})")
   return TrainData(root, tokenizer, build_user_text, vision=vision,
                    batch_size=config.rl.batch_prompts, seed=config.seed, shuffle=d.shuffle,
                    num_epochs=d.num_epochs, max_prompt_tokens=d.max_prompt_tokens,

@@ -165,22 +165,42 @@ def suggest(shape: RunShape, topo: Topology, failed: Sequence[str] = (), max_fac
   return None
 
 
+def train_overrides(config, shape: RunShape, tensor: int, teacher_tensor: int) -> list[str]:
+  """The `zppo train` flags of a planned layout: `--config.mesh.student=D,-1,T` (the config's data
+  size; FSDP takes the chips left over), `--config.mesh.teacher=...`, and `student.remat` /
+  `teacher.fp8` where the plan's differ from the config's. Ready to paste; the config reads them
+  back as the same layout (`shapes.run_shape`)."""
+  def layout(configured, size):   # FSDP (or data, when it is the -1 axis) takes the rest.
+    return f"-1,1,{size}" if int(configured[0]) == -1 else f"{int(configured[0])},-1,{size}"
+  out = [f"--config.mesh.student={layout(config.mesh.student, tensor)}",
+         f"--config.mesh.teacher={layout(config.mesh.teacher, teacher_tensor)}"]
+  if shape.student.remat != config.student.remat:
+    out.append(f"--config.student.remat={shape.student.remat}")
+  if shape.teacher_fp8 != bool(config.teacher.fp8):
+    out.append(f"--config.teacher.fp8={shape.teacher_fp8}")
+  return out
+
+
 def main(argv: list[str]) -> int:
   """`zppo plan`; returns 0 when everything fits, 1 when not, 2 without libtpu."""
   from zppo_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="zppo plan", description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--topology", required=True, help="e.g. v5p-128, v6e-64, v5e-16, v4-32")
-  parser.add_argument("--tensor", type=int, default=1, help="tensor-parallel size")
+  parser.add_argument("--tensor", type=int, default=None,
+                      help="tensor-parallel size (default: the config's mesh.student)")
   parser.add_argument("--teacher-tensor", type=int, default=None,
-                      help="tensor-parallel size of the teacher's mesh (default --tensor)")
-  parser.add_argument("--remat", default="full", choices=("none", "dots", "full"))
+                      help="tensor-parallel size of the teacher's mesh (default --tensor, else "
+                      "the config's mesh.teacher)")
+  parser.add_argument("--remat", default=None, choices=("none", "dots", "full"),
+                      help="the student's remat (default: the config's student.remat)")
   parser.add_argument("--rollout-rows", type=int, default=0, help="0 = the largest that fits")
   parser.add_argument("--teacher-rows", type=int, default=0, help="0 = the largest that fits")
   parser.add_argument("--train-rows", type=int, default=0,
                       help="packed rows per micro-batch (0 = one per batch shard)")
   parser.add_argument("--teacher-fp8", action=argparse.BooleanOptionalAction, default=None,
-                      help="teacher weights in FP8 (default: when its checkpoint name says FP8)")
+                      help="teacher weights in FP8 (default: the config's teacher.fp8, or when "
+                      "its checkpoint name says FP8)")
   parser.add_argument("--teacher-fraction", type=float, default=None,
                       help="share of the chips for the teacher (default: the config's; 0 = shared)")
   parser.add_argument("--programs", default="train,rollout,teacher")
@@ -196,14 +216,16 @@ def main(argv: list[str]) -> int:
   config = config_lib.load_config(args.config, args.override)
   if args.teacher_fraction is not None:
     config.teacher.device_fraction = args.teacher_fraction
-  shape = shapes.run_shape(config, tensor=args.tensor, teacher_tensor=args.teacher_tensor,
+  teacher_tensor = args.tensor if args.teacher_tensor is None else args.teacher_tensor
+  shape = shapes.run_shape(config, tensor=args.tensor, teacher_tensor=teacher_tensor,
                            remat=args.remat, rollout_rows=args.rollout_rows,
                            teacher_rows=args.teacher_rows, train_rows=args.train_rows,
                            teacher_fp8=args.teacher_fp8)
   topo = topology_lib.parse_topology(args.topology)
   print(f"plan {config.name} on {topo.name} ({topo.chips} chips {topo.desc}, "
         f"{topo.chip.hbm_gib:g} GiB HBM each): student {config.student.checkpoint} remat "
-        f"{args.remat}, teacher {config.teacher.checkpoint}{' fp8' if shape.teacher_fp8 else ''}, "
+        f"{shape.student.remat}, teacher {config.teacher.checkpoint}"
+        f"{' fp8' if shape.teacher_fp8 else ''}, "
         f"tensor={shape.tensor}, teacher tensor={shape.teacher_tensor}, "
         f"teacher fraction {shape.teacher_fraction}")
   print(HEADER)
@@ -218,9 +240,15 @@ def main(argv: list[str]) -> int:
       found = suggest(shape, topo, failed)
       result["suggested"] = found and {k: found[k] for k in ("topology", "tensor",
                                                                "teacher_tensor")}
-      print(f"smallest that fits: {found['topology']} --tensor {found['tensor']} "
-            f"--teacher-tensor {found['teacher_tensor']}" if found else
-            "nothing up to 16x the chips and tensor 4 fits: lower --rollout-rows/--train-rows")
+      if found:
+        result["suggested"]["overrides"] = train_overrides(config, shape, found["tensor"],
+                                                           found["teacher_tensor"])
+        print(f"smallest that fits: {found['topology']} --tensor {found['tensor']} "
+              f"--teacher-tensor {found['teacher_tensor']}\n"
+              f"to train with it (on {found['topology']}), add to `zppo train`:\n  "
+              + " ".join(result["suggested"]["overrides"]))
+      else:
+        print("nothing up to 16x the chips and tensor 4 fits: lower --rollout-rows/--train-rows")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1, default=str)

@@ -66,18 +66,22 @@ def _preset(checkpoint: str):
   return mc.PRESETS[key]
 
 
-def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, remat: str = "full",
-              rollout_rows: int = 0, teacher_rows: int = 0, train_rows: int = 0,
-              micro_batches: int = 2, teacher_fp8: bool | None = None, student_preset=None,
-              teacher_preset=None) -> RunShape:
+def run_shape(config, *, tensor: int | None = None, teacher_tensor: int | None = None,
+              remat: str | None = None, rollout_rows: int = 0, teacher_rows: int = 0,
+              train_rows: int = 0, micro_batches: int = 2, teacher_fp8: bool | None = None,
+              student_preset=None, teacher_preset=None) -> RunShape:
   """The shapes of one ZPPO step of `config` (an ml_collections run config).
+
+  The layout is the one `zppo train` builds from the same config: `mesh.student` and
+  `mesh.teacher` (their tensor sizes), `student.remat` and `teacher.fp8`; an argument given here
+  replaces the config's value.
 
   Args:
     config: the run config (`zppo_jax.train.config.load_config`).
-    tensor, teacher_tensor: tensor-parallel sizes (teacher default: `tensor`).
-    remat: the student's rematerialisation policy for the update.
+    tensor, teacher_tensor: tensor-parallel sizes (default: `config.mesh.*[2]`).
+    remat: the student's rematerialisation policy for the update (default `student.remat`).
     rollout_rows, teacher_rows, train_rows, micro_batches: see `RunShape`.
-    teacher_fp8: default: when the teacher's checkpoint name says FP8.
+    teacher_fp8: default: `teacher.fp8`, or when the teacher's checkpoint name says FP8.
     student_preset, teacher_preset: `ModelConfig` factories (default: from the checkpoint names).
 
   Returns:
@@ -85,6 +89,9 @@ def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, rem
   """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   dt = lambda s: jnp.dtype(s)
+  tensor = int(config.mesh.student[2]) if tensor is None else tensor
+  teacher_tensor = int(config.mesh.teacher[2]) if teacher_tensor is None else teacher_tensor
+  remat = config.student.remat if remat is None else remat
   student_preset = student_preset or _preset(config.student.checkpoint)
   teacher_preset = teacher_preset or _preset(config.teacher.checkpoint)
   student = student_preset(dtype=dt(config.student.compute_dtype),
@@ -92,7 +99,7 @@ def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, rem
   teacher = teacher_preset(dtype=dt(config.teacher.compute_dtype),
                            param_dtype=dt(config.teacher.param_dtype))
   if teacher_fp8 is None:
-    teacher_fp8 = "fp8" in config.teacher.checkpoint.lower()
+    teacher_fp8 = bool(config.teacher.fp8) or "fp8" in config.teacher.checkpoint.lower()
   prompts = int(config.rl.batch_prompts * (1 + config.rl.replay_ratio))
   return RunShape(
       student=student, teacher=teacher, prompt_len=int(config.data.max_prompt_tokens),
@@ -100,7 +107,7 @@ def run_shape(config, *, tensor: int = 1, teacher_tensor: int | None = None, rem
       group=int(config.rl.group_size), teacher_group=int(config.rl.teacher_group_size),
       prompts=prompts, rollout_rows=rollout_rows, teacher_rows=teacher_rows,
       train_rows=train_rows, micro_batches=micro_batches, tensor=tensor,
-      teacher_tensor=tensor if teacher_tensor is None else teacher_tensor,
+      teacher_tensor=teacher_tensor,
       teacher_fraction=float(config.teacher.device_fraction), teacher_fp8=bool(teacher_fp8),
       opt_state_dtype=str(config.optim.state_dtype))
 

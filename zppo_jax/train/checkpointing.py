@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
-import shutil
 import signal
 import sys
 from typing import Any, Callable, Mapping
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
 from zppo_jax.errors import UserError
+from zppo_jax.train import workdir as workdir_lib
 
 
 class CheckpointMismatch(UserError):
@@ -42,13 +42,13 @@ class RunCheckpointer:
   """Saves and restores one run's checkpoints under `WORKDIR/checkpoints`.
 
   Args:
-    workdir: run directory.
+    workdir: run directory (local or `gs://`; see `train.workdir`).
     keep: how many recent checkpoints to keep.
     async_save: write in a background thread while training continues.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
+  def __init__(self, workdir: epath.PathLike, keep: int = 3, async_save: bool = True):
+    self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     # Handlers given up front, so metadata can be read before anything is saved or restored.
@@ -130,12 +130,12 @@ class RunCheckpointer:
             f"({self.directory.parent / 'config.json'}); to start fresh, use another --workdir. "
             "Nothing was changed.")
 
-  def _set_aside(self, step: int, aside: pathlib.Path) -> None:
+  def _set_aside(self, step: int, aside: epath.Path) -> None:
     """Moves a damaged step out of the manager's directory, so the run can write it again."""
     aside.parent.mkdir(parents=True, exist_ok=True)
     if aside.exists():
-      shutil.rmtree(aside)
-    shutil.move(str(self.directory / str(step)), str(aside))
+      aside.rmtree()
+    workdir_lib.move_tree(self.directory / str(step), aside)
     self._manager.reload()
 
   def wait(self) -> None:
@@ -199,7 +199,7 @@ def structure_differences(saved: Any, abstract: Any) -> list[str]:
   return out
 
 
-def config_differences(config_json: pathlib.Path, run_config: Mapping[str, Any] | None
+def config_differences(config_json: epath.Path, run_config: Mapping[str, Any] | None
                        ) -> list[str]:
   """`key: old -> new` for each config value that differs from the saved `config.json` (empty
   when either is unavailable)."""

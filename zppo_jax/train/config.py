@@ -78,12 +78,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.checkpoint = ""       # HF checkpoint directory of the student.
   c.student.param_dtype = "bfloat16"
   c.student.compute_dtype = "bfloat16"
+  c.student.remat = "none"        # rematerialisation per layer cycle in the update: none|dots|full
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.checkpoint = ""       # HF checkpoint directory of the frozen teacher.
   c.teacher.param_dtype = "bfloat16"
   c.teacher.compute_dtype = "bfloat16"
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
+  c.teacher.fp8 = False           # matmul weights in FP8 with block scales (an FP8 checkpoint is
+                                  # read as it is; a bf16 one is quantised when loaded)
+
+  # Device layout: (data, fsdp, tensor) sizes over the student's and the teacher's devices (the
+  # same devices when teacher.device_fraction is 0); -1 takes the devices left over.
+  # `zppo plan --config C` reads these and prints the overrides of a layout that fits.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.student = (1, -1, 1)
+  c.mesh.teacher = (1, -1, 1)
 
   c.data = ml_collections.ConfigDict()
   # A builder's output directory (`zppo data build-zppo77k` / `build`), or a JSONL or Parquet
@@ -214,6 +224,7 @@ def paper_config(size: str) -> ml_collections.ConfigDict:
   c.student.checkpoint = f"Qwen/Qwen3.5-{size}"
   c.teacher.checkpoint = PAPER_TEACHER
   c.data.train_path = "data/zppo77k"   # the output of `zppo data build-zppo77k --out data/zppo77k`
+  c.student.remat = "full"        # the paper's sequences (16K-token rows) need it
   c.data.num_workers = 8
   return c
 

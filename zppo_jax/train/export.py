@@ -11,10 +11,11 @@ import json
 import pathlib
 import sys
 
+from etils import epath
 import ml_collections
 
 
-def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None) -> int:
+def export(workdir: epath.PathLike, out_dir: str | pathlib.Path, stream=None) -> int:
   """Writes the latest student of `workdir` to `out_dir`; returns the exported step."""
   from zppo_jax.models.qwen3_5.multimodal import text_decoder
   from zppo_jax.train import model_io
@@ -22,7 +23,7 @@ def export(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, stream=None
   from zppo_jax.train.learner import Learner, LearnerConfig
 
   stream = stream or sys.stderr
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)   # a run directory, local or `gs://`
   config_path = workdir / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a `zppo train` run directory?")

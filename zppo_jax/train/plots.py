@@ -9,8 +9,9 @@
 """
 from __future__ import annotations
 
-import pathlib
 import sys
+
+from etils import epath
 
 from zppo_jax.train.metrics import read_metrics
 
@@ -22,18 +23,18 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
-def write_plots(workdir: str | pathlib.Path) -> list[pathlib.Path]:
-  """Writes the figures into `WORKDIR/plots` and returns their paths."""
+def write_plots(workdir: epath.PathLike) -> list[epath.Path]:
+  """Writes the figures into `WORKDIR/plots` (local or `gs://`) and returns their paths."""
   import matplotlib  # Imported here so that `zppo --help` and training do not pay for it.
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   rows = read_metrics(workdir)
   if not rows:
     raise FileNotFoundError(f"no metrics in {workdir / 'metrics.jsonl'}")
   out_dir = workdir / "plots"
-  out_dir.mkdir(exist_ok=True)
+  out_dir.mkdir(parents=True, exist_ok=True)
   written = []
 
   from matplotlib.ticker import MaxNLocator
@@ -44,7 +45,8 @@ def write_plots(workdir: str | pathlib.Path) -> list[pathlib.Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path = out_dir / name
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with path.open("wb") as f:    # Through epath: the workdir may be remote.
+      fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     written.append(path)
 

@@ -13,10 +13,11 @@ environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
-from zppo_jax import distributed
+from etils import epath
+
+from zppo_jax import distributed, parallel
 from zppo_jax.train.config_check import parse_checked
 from zppo_jax.train.model_io import load_model, load_tokenizer
 
@@ -65,14 +66,14 @@ class _Graded:
     return list(self.scores)
 
 
-def build_trainer(config, workdir: pathlib.Path, stream=None):
+def build_trainer(config, workdir: epath.PathLike, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
   from zppo_jax.data import train_data
   from zppo_jax.sampling import SamplingParams
   from zppo_jax.train import augment
   from zppo_jax.train.config import method_flags
   from zppo_jax.train.student import Student
-  from zppo_jax.train.teacher import Teacher, make_mesh_for
+  from zppo_jax.train.teacher import Teacher
   from zppo_jax.train.trainer import Trainer
 
   stream = stream or sys.stderr
@@ -81,24 +82,33 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   if not config.data.train_path:
     raise ValueError("config.data.train_path is empty: set it to a builder output directory "
                      "(zppo data build-zppo77k / build) or a JSONL or Parquet file")
-  tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint)
+  tokenizer = load_tokenizer(config.data.tokenizer or config.student.checkpoint,
+                             "--config.data.tokenizer" if config.data.tokenizer
+                             else "--config.student.checkpoint")
   stop_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                    if t in tokenizer.get_vocab())
   student_devices, teacher_devices = distributed.split_devices(config.teacher.device_fraction)
-  student_mesh = make_mesh_for(student_devices)
+  student_mesh = parallel.layout_mesh(config.mesh.student, student_devices, "mesh.student")
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
-                     config.student.param_dtype, mesh=student_mesh)
+                     config.student.param_dtype, mesh=student_mesh, remat=config.student.remat,
+                     what="--config.student.checkpoint")
   student = Student(model, config, stop_ids, mesh=student_mesh)
+  print(f"train: student on {len(student_devices)} devices, mesh {_describe(student_mesh)}",
+        file=stream)
   flags = method_flags(config)
   teacher = None
   if config.teacher.checkpoint and (flags.reformulates or flags.distill):
-    teacher_mesh = make_mesh_for(teacher_devices)
+    teacher_mesh = parallel.layout_mesh(config.mesh.teacher, teacher_devices, "mesh.teacher")
     teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
-                               config.teacher.param_dtype, mesh=teacher_mesh)
+                               config.teacher.param_dtype, mesh=teacher_mesh,
+                               fp8=config.teacher.fp8,
+                               what="--config.teacher.checkpoint")
     sampling = SamplingParams(temperature=config.sampling.temperature,
                               top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                               stop_token_ids=stop_ids)
     teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
+    print(f"train: teacher on {len(teacher_devices)} devices, mesh {_describe(teacher_mesh)}"
+          f"{', fp8' if config.teacher.fp8 else ''}", file=stream)
   iterator = train_data.open_train_data(config, tokenizer, augment.user_text,
                                         vision=student.vision, workdir=workdir, stream=stream)
   eval_records = train_data.open_eval_records(config, tokenizer, augment.user_text,
@@ -112,7 +122,12 @@ def build_trainer(config, workdir: pathlib.Path, stream=None):
   return trainer, grader.close
 
 
-def print_summary(summary: dict, workdir: pathlib.Path, stream) -> None:
+def _describe(mesh) -> str:
+  return "none (one device)" if mesh is None else " x ".join(
+      f"{name}={size}" for name, size in mesh.shape.items())
+
+
+def print_summary(summary: dict, workdir: epath.PathLike, stream) -> None:
   """The end-of-run report: buffer dynamics, reformulations, held-out accuracy."""
   from zppo_jax.train.metrics import read_metrics
   rows = read_metrics(workdir)
@@ -145,7 +160,8 @@ def main(argv: list[str]) -> int:
                          int(flags.num_processes) if flags.num_processes else None,
                          int(flags.process_id) if flags.process_id else None)
   enable_compilation_cache(config.compilation_cache_dir)
-  workdir = pathlib.Path(flags.workdir or os.path.join("runs", config.name))
+  # An epath, never resolved: a `gs://` workdir stays in the bucket (`train.workdir`).
+  workdir = epath.Path(flags.workdir or os.path.join("runs", config.name))
   workdir.mkdir(parents=True, exist_ok=True)
   stream = sys.stderr
   if "demo" in config:   # The demo config (configs/demo.py) builds its models and data.

@@ -126,8 +126,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--row_len", type=int, default=4096)
   args = parser.parse_args(argv)
-  tokenizer = model_io.load_tokenizer(args.tokenizer or args.model)
-  model = model_io.load_model(args.model, "float32")
+  tokenizer = model_io.load_tokenizer(args.tokenizer or args.model,
+                                      "--tokenizer" if args.tokenizer else "--model")
+  model = model_io.load_model(args.model, "float32", what="--model")
   rows = [json.loads(line) for line in pathlib.Path(args.data).read_text().splitlines()
           if line.strip()]
   bad = [i for i, r in enumerate(rows) if not (r.get("question") and r.get("response"))]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import enum
 import json
-import pathlib
 import random
 import sys
 import time
 from typing import Protocol, Sequence
 
+from etils import epath
 import numpy as np
 
 from zppo_jax import distributed
@@ -70,7 +70,7 @@ class Trainer:
 
   Args:
     config: the run config (`zppo_jax.train.config.base_config()` fields).
-    workdir: run directory (metrics, checkpoints, rejects, plots).
+    workdir: run directory (metrics, checkpoints, rejects, plots), local or `gs://`.
     student: the student (`student.Student`).
     teacher: the frozen teacher's sampler, or None for methods that never ask it.
     tokenizer: the HF tokenizer shared by student and teacher.
@@ -85,7 +85,7 @@ class Trainer:
                tokenizer, prompts, grader, stop_ids: Sequence[int],
                eval_records: Sequence[dict] = (), stream=None):
     self.config = config
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.flags = method_flags(config)
     if self._needs_teacher() and teacher is None:
       raise ValueError(f"method {config.method!r} needs a teacher (config.teacher.checkpoint)")

@@ -1,0 +1,50 @@
+"""The run directory as one path type, `etils.epath.Path`: a local folder or a `gs://` (any
+fsspec / epath) location alike.
+
+Every file a run writes (checkpoints, `metrics.jsonl`, TensorBoard events, `rejects.jsonl`,
+plots, `summary.json`, `config.json`, the built prompt shards) is named from the workdir with `/`
+and written through the path's own methods. Nothing turns a workdir into a `pathlib.Path` or calls
+`.resolve()` on it: that would make `gs://bucket/run` a local folder named `gs:`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from etils import epath
+
+
+def as_path(path: epath.PathLike) -> epath.Path:
+  """`path` as an `epath.Path` (a local path stays local, a `gs://` URI stays remote)."""
+  return epath.Path(path)
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on this machine's file system (not a `scheme://` location)."""
+  return "://" not in os.fspath(path)
+
+
+def copy_tree(src: epath.Path, dst: epath.Path, last: str = "") -> None:
+  """Copies every file under `src` to `dst` (either may be remote, on different backends).
+
+  Args:
+    src, dst: directories.
+    last: a file name copied after all others (a stamp, so that a copy cut short is never taken
+      for a complete one).
+  """
+  files = [directory / name for directory, _, names in src.walk() for name in names]
+  for file in sorted(files, key=lambda p: p.name == last):
+    target = dst / file.relative_to(src)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("rb") as f_in, target.open("wb") as f_out:
+      shutil.copyfileobj(f_in, f_out)
+
+
+def move_tree(src: epath.Path, dst: epath.Path) -> None:
+  """Moves a directory: a rename on a local disk, a copy then delete on an object store (which
+  has no directories to rename)."""
+  if is_local(src):
+    src.rename(dst)
+  else:
+    copy_tree(src, dst)
+    src.rmtree()
