@@ -122,19 +122,20 @@ def from_flags(args: argparse.Namespace, shape: RunShape, config) -> dict[str, A
   if not 0 < prompt <= shape.prompt_len:
     raise ValueError(f"--mean-prompt {prompt:g}: expected 0 < mean <= the prompt bucket "
                      f"{shape.prompt_len}")
-  typical = Assumptions(mean_response=mean, longest_response=longest, mean_prompt=prompt, hard_fraction=args.hard_fraction,
-                        wrong_per_kept=args.wrong_per_kept, aug_prompts=aug,
-                        compress_tokens=compress, compress=bool(config.rl.compress))
-  return {"worst-case": dataclasses.replace(worst(shape, aug, compress), compress=typical.compress),
-          "typical": typical}
+  typical = Assumptions(mean_response=mean, longest_response=longest, mean_prompt=prompt,
+                        hard_fraction=args.hard_fraction, wrong_per_kept=args.wrong_per_kept,
+                        aug_prompts=aug, compress_tokens=compress,
+                        compress=bool(config.rl.compress))
+  return {"worst-case": worst(shape, aug, compress, typical.compress), "typical": typical}
 
 
-def worst(shape: RunShape, aug_prompts: int, compress_tokens: int) -> Assumptions:
+def worst(shape: RunShape, aug_prompts: int, compress_tokens: int,
+          compress: bool = True) -> Assumptions:
   """Every prompt hard and wrong on all G_S rollouts, every response and prompt at its bound."""
   return Assumptions(mean_response=shape.max_new, longest_response=shape.max_new,
                      mean_prompt=shape.prompt_len, hard_fraction=1.0,
                      wrong_per_kept=shape.group, aug_prompts=aug_prompts,
-                     compress_tokens=compress_tokens)
+                     compress_tokens=compress_tokens, compress=compress)
 
 
 @dataclasses.dataclass(frozen=True)
