@@ -22,7 +22,7 @@ from zppo_jax.plan import shapes
 from zppo_jax.plan import topology as topology_lib
 from zppo_jax.plan.programs import GIB, Program
 from zppo_jax.plan.shapes import RunShape
-from zppo_jax.plan.topology import Chip, Topology
+from zppo_jax.plan.topology import Topology
 
 HEADER = (f"{'program':<10} {'chips':>5} {'rows':>5} {'args':>7} {'temp':>7} {'out':>7} "
           f"{'resid':>7} {'total':>7} {'HBM':>6} {'fits':>4} {'TFLOP':>9} {'est s':>8} "
