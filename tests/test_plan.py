@@ -190,7 +190,7 @@ def test_a_sampling_phase_takes_as_few_calls_as_fit_in_hbm():
   # Nothing fits: the phase says so.
   none = phase(*_sampling_programs(chips, weights, weights, 8, 40_000, cache_row), 100)
   assert none.seconds == float("inf")
-  assert "p does not fit" in estimate.format_step("typical", [none])
+  assert estimate.format_step("typical", [none]) == "typical step does not fit: p does not fit"
 
 
 def _flags(*argv):

@@ -267,4 +267,5 @@ def format_step(label: str, phases: list[Phase]) -> str:
            f"{p.name} {p.seconds:,.0f} s" + (f" ({p.calls} x {p.rows} rows)" if p.calls else "")
            for p in phases]
   total = sum(p.seconds for p in phases)
-  return f"{label} step {total:,.0f} s ({total / 60:.1f} min): " + ", ".join(parts)
+  head = "does not fit" if math.isinf(total) else f"{total:,.0f} s ({total / 60:.1f} min)"
+  return f"{label} step {head}: " + ", ".join(parts)
