@@ -13,16 +13,18 @@ multiple of the slice that does.
   topology.py  TPU generations, slice names, the topology's devices;
   shapes.py    `RunShape` (what one ZPPO step compiles) and the cost formulas;
   programs.py  AOT compilation of the update, prefill and decode programs (`Program`);
-  report.py    `plan`, `suggest`, the worst-case step and the `zppo plan` command (`main`).
+  estimate.py  the step's time per phase, worst case and typical (`Assumptions`);
+  report.py    `plan`, `suggest` and the `zppo plan` command (`main`).
 """
 from zppo_jax.plan.programs import GIB, Program, compile_rollout, compile_train
-from zppo_jax.plan.report import main, plan, step_seconds, suggest
+from zppo_jax.plan.estimate import Assumptions, step_seconds
+from zppo_jax.plan.report import main, plan, suggest
 from zppo_jax.plan.shapes import (RunShape, auto_rows, cache_bytes_per_row, forward_flops,
                                   matmul_params, run_shape, weight_bytes)
 from zppo_jax.plan.topology import (CHIPS, Chip, Topology, libtpu_available, parse_topology,
                                     scaled, topology_devices)
 
-__all__ = ["CHIPS", "GIB", "Chip", "Program", "RunShape", "Topology", "auto_rows",
+__all__ = ["CHIPS", "GIB", "Assumptions", "Chip", "Program", "RunShape", "Topology", "auto_rows",
            "cache_bytes_per_row", "compile_rollout", "compile_train", "forward_flops",
            "libtpu_available", "main", "matmul_params", "parse_topology", "plan", "run_shape",
            "scaled", "step_seconds", "suggest", "topology_devices", "weight_bytes"]

@@ -216,10 +216,12 @@ def compile_rollout(name: str, cfg, rows: int, group: int, shape: RunShape, devi
   pre.tokens = prompts * shape.prompt_len
   pre.flops = pre.hw_flops = forward_flops(cfg, pre.tokens, shape.prompt_len / 2)
   weights_per_chip = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / tensor
-  # One decode step: every row makes a token; mean context prompt + max_new / 2.
+  # One decode step: every row makes a token attending to prompt + max_new / 2 keys on average,
+  # but the attention reads every slot of the static cache (masked), so every slot is streamed.
   context = shape.prompt_len + shape.max_new / 2
   dec.tokens = rows
-  dec.flops = dec.hw_flops = forward_flops(cfg, rows, context)
-  dec.hbm_bytes = weights_per_chip + rows * cache_bytes_per_row(cfg, int(context)) / len(devices)
+  dec.flops = forward_flops(cfg, rows, context)
+  dec.hw_flops = forward_flops(cfg, rows, cache_len)
+  dec.hbm_bytes = weights_per_chip + rows * cache_bytes_per_row(cfg, cache_len) / len(devices)
   pre.hbm_bytes = weights_per_chip
   return pre, dec

@@ -1,28 +1,28 @@
 """`zppo plan --config C --topology T`: compile the step's programs for a slice, report, suggest.
 
 `plan` splits the slice between student and teacher, compiles each program (`programs`), adds what
-the other phases leave resident in HBM, and prints one row per program plus the worst-case step;
-`suggest` retries with more tensor parallelism and on 2x, 4x, ... the chips when something does
-not fit; `main` is the command.
+the other phases leave resident in HBM, and prints one row per program plus the step estimates
+(`estimate`: worst case and typical); `suggest` retries with more tensor parallelism and on 2x,
+4x, ... the chips when something does not fit; `main` is the command.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from typing import Any, Sequence
 
 import numpy as np
 
 from zppo_jax import parallel
+from zppo_jax.plan import estimate
 from zppo_jax.plan import programs as programs_lib
 from zppo_jax.plan import shapes
 from zppo_jax.plan import topology as topology_lib
 from zppo_jax.plan.programs import GIB, Program
 from zppo_jax.plan.shapes import RunShape
-from zppo_jax.plan.topology import Chip, Topology
+from zppo_jax.plan.topology import Topology
 
 HEADER = (f"{'program':<10} {'chips':>5} {'rows':>5} {'args':>7} {'temp':>7} {'out':>7} "
           f"{'resid':>7} {'total':>7} {'HBM':>6} {'fits':>4} {'TFLOP':>9} {'est s':>8} "
@@ -40,7 +40,7 @@ def format_row(r: dict[str, Any]) -> str:
 
 
 def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher"),
-         log=print) -> dict[str, Any]:
+         log=print, steps: dict[str, estimate.Assumptions] | None = None) -> dict[str, Any]:
   """Compiles the step's programs for `topo`.
 
   Args:
@@ -48,9 +48,11 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
     topo: the slice.
     programs: any of "train", "rollout" (student prefill + decode), "teacher".
     log: called with each report line.
+    steps: step estimates to print, by label (`estimate.from_flags`).
 
   Returns:
-    {topology, desc, chips, hbm_gib, fits, programs: [`Program.row`], step_s}.
+    {topology, desc, chips, hbm_gib, fits, programs: [`Program.row`], step_s: {label: {phase:
+    seconds}}}.
   """
   devices = topology_lib.topology_devices(topo)
   per_chip = len(devices) // topo.chips or 1
@@ -101,35 +103,15 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
             (train_state + sampler_weights) if shared else 0.0, shape.teacher_fp8,
             shape.teacher_tensor)
   rows = [p.row(chip) for p in done]
-  step = step_seconds(shape, {p.name: p for p in done}, chip)
-  if step:
-    log(f"worst-case step (every response {shape.max_new} tokens, every prompt hard): "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in step.items()))
+  step = {}
+  for label, assumed in (steps or {}).items():
+    phases = estimate.step_phases(shape, {p.name: p for p in done}, chip, assumed)
+    if phases:
+      step[label] = {p.name: p.seconds for p in phases}
+      log(f"{label} assumptions: {assumed.describe()}")
+      log(estimate.format_step(label, phases))
   return dict(topology=topo.name, desc=topo.desc, chips=topo.chips, hbm_gib=chip.hbm_gib,
               fits=all(r["fits"] for r in rows), programs=rows, step_s=step)
-
-
-def step_seconds(shape: RunShape, programs: dict[str, Program], chip: Chip) -> dict[str, float]:
-  """Roofline seconds of one ZPPO step in the worst case: every plain prompt's G_S rollouts, G_T
-  teacher rollouts and G_S BCQ + G_S NCQ rollouts for every prompt, all at max length, then the
-  update over all those tokens. Sequential, as the trainer runs it."""
-  out = {}
-  plain = shape.prompts * shape.group
-  total_rows = 3 * plain   # plain + BCQ + NCQ groups
-  if "prefill" in programs and "decode" in programs and programs["decode"].rows:
-    calls = math.ceil(total_rows / programs["decode"].rows)
-    out["student rollout"] = calls * (programs["prefill"].seconds(chip)
-                                      + shape.max_new * programs["decode"].seconds(chip))
-  if "t_prefill" in programs and "t_decode" in programs and programs["t_decode"].rows:
-    calls = math.ceil(shape.prompts * shape.teacher_group / programs["t_decode"].rows)
-    out["teacher rollout"] = calls * (programs["t_prefill"].seconds(chip)
-                                      + shape.max_new * programs["t_decode"].seconds(chip))
-  if "train" in programs and programs["train"].tokens:
-    tokens = total_rows * (shape.prompt_len + shape.max_new)
-    out["update"] = tokens / programs["train"].tokens * programs["train"].seconds(chip)
-  if out:
-    out["total"] = sum(out.values())
-  return out
 
 
 def suggest(shape: RunShape, topo: Topology, failed: Sequence[str] = (), max_factor: int = 16,
@@ -208,6 +190,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--json", default="", help="also write the result here")
   parser.add_argument("--override", action="append", default=[],
                       help="config override, e.g. --override=--config.rl.pack_row_len=8192")
+  estimate.add_flags(parser)
   args = parser.parse_args(argv)
   reason = topology_lib.libtpu_available()
   if reason:
@@ -229,7 +212,8 @@ def main(argv: list[str]) -> int:
         f"tensor={shape.tensor}, teacher tensor={shape.teacher_tensor}, "
         f"teacher fraction {shape.teacher_fraction}")
   print(HEADER)
-  result = plan(shape, topo, tuple(args.programs.split(",")))
+  result = plan(shape, topo, tuple(args.programs.split(",")),
+                steps=estimate.from_flags(args, shape, config))
   result["suggested"] = None
   if result["fits"]:
     print(f"fits on {topo.name}")
