@@ -143,6 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1
   c.optim.clip_norm = 1.0
   c.optim.state_dtype = "bfloat16"
+  # bf16 weights: fp32 master copies take the updates ("none": plain bf16 updates, which round
+  # away at lr 1e-6); or kahan=True for compensated bf16 updates without masters (§3).
+  c.optim.master_dtype = "float32"
+  c.optim.kahan = False
 
   return c
 

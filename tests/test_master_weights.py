@@ -1,0 +1,75 @@
+"""Updates that land (shared/ZPPO_SPEC.md §3): bf16 weights at lr 1e-6 through the real optimizer
+and update path (`train.optim`), with fp32 masters or Kahan compensation, move as fp32 weights do;
+plain bf16 updates round away."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zppo_jax.train import optim
+
+STEPS = 300
+# ‖Δ_bf16 − Δ_fp32‖ / ‖Δ_fp32‖ of the bf16 weights after STEPS updates. What remains is the
+# final rounding of the weights to bf16 (≤ half an ulp against ~2.5 ulps of movement), so it
+# does not grow with the number of steps; plain bf16 updates lose almost all of Δ (~0.99).
+LANDED = 0.2
+LOST = 0.9
+
+
+def _train(dtype, cfg: optim.OptimConfig):
+  """Δ of the weights (in their dtype) and the updated tree after STEPS AdamW updates with a
+  fixed gradient, from N(0, 0.02) weights rounded to bf16."""
+  k_w, k_g = jax.random.split(jax.random.key(0))
+  w0 = (0.02 * jax.random.normal(k_w, (128, 64))).astype(jnp.bfloat16)
+  grad = {"w": jax.random.normal(k_g, (128, 64))}
+  dtypes = {"w": jnp.dtype(dtype)}
+  tx = cfg.optimizer()
+  params = optim.master_params({"w": w0.astype(dtype)}, cfg)
+  state, comp = tx.init(params), optim.init_compensation(params, cfg)
+
+  @jax.jit
+  def step(params, state, comp):
+    updates, state = tx.update(grad, state, params)
+    params, comp = optim.apply_updates(params, updates, comp)
+    return params, state, comp
+
+  for _ in range(STEPS):
+    params, state, comp = step(params, state, comp)
+  weights = optim.compute_params(params, dtypes)["w"]
+  return np.asarray(weights, np.float32) - np.asarray(w0, np.float32), params
+
+
+@pytest.fixture(scope="module")
+def fp32_delta():
+  delta, _ = _train(jnp.float32, optim.OptimConfig(lr=1e-6))
+  return delta
+
+
+def _relative(delta, ref):
+  return float(np.linalg.norm(delta - ref) / np.linalg.norm(ref))
+
+
+def test_master_weights_move_as_fp32_weights(fp32_delta):
+  delta, params = _train(jnp.bfloat16, optim.OptimConfig(lr=1e-6))
+  assert params["w"].dtype == jnp.float32   # the masters
+  assert _relative(delta, fp32_delta) < LANDED
+  assert np.mean(delta != 0) > 0.95
+
+
+def test_kahan_updates_move_as_fp32_weights(fp32_delta):
+  delta, params = _train(jnp.bfloat16, optim.OptimConfig(lr=1e-6, kahan=True))
+  assert params["w"].dtype == jnp.bfloat16  # no master copy
+  assert _relative(delta, fp32_delta) < LANDED
+
+
+def test_plain_bf16_updates_round_away(fp32_delta):
+  delta, _ = _train(jnp.bfloat16, optim.OptimConfig(lr=1e-6, master_dtype="none"))
+  assert _relative(delta, fp32_delta) > LOST
+  assert np.mean(delta != 0) < 0.1
+
+
+def test_fp32_weights_are_their_own_masters():
+  params = {"w": jnp.ones((2,), jnp.float32)}
+  assert optim.master_params(params, optim.OptimConfig())["w"] is params["w"]
+  with pytest.raises(ValueError, match="master_dtype"):
+    optim.OptimConfig(master_dtype="bfloat16")
