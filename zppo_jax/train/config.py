@@ -85,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.compute_dtype = "bfloat16"
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
 
+  # The judge of free-form gold answers, the same for every method (GRPO baselines too, §5):
+  # an OpenAI-compatible endpoint, or a checkpoint judged in process ("" = teacher.checkpoint).
+  c.judge = ml_collections.ConfigDict()
+  c.judge.url = ""                # e.g. http://127.0.0.1:8000/v1
+  c.judge.model = "judge"         # the model name the endpoint expects
+  c.judge.api_key_env = ""        # environment variable holding the endpoint's key, if any
+  c.judge.checkpoint = ""
+
   c.data = ml_collections.ConfigDict()
   # A builder's output directory (`zppo data build-zppo77k` / `build`), or a JSONL or Parquet
   # prompt file (id, question, answer, images), built into the same shards under the workdir.
@@ -134,6 +142,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 12_288
   c.sampling.teacher_max_new_tokens = 12_288
+  # The model's context (Qwen3.5: 262,144): prompts (BCQ / NCQ / hint ones may be long) are
+  # bucketed by their length up to it; one whose prompt + response budget exceeds it is skipped
+  # and counted (reform/skipped_too_long).
+  c.sampling.max_context = 262_144
+  c.sampling.rows_per_call = 512  # rollouts (prompts x G) per sampler call; `zppo plan` sizes it
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-6

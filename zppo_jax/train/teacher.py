@@ -37,11 +37,14 @@ class Teacher:
     max_total_len: longest prompt plus response a call may ask.
     sampling: temperature / top-p / top-k / stop ids of its rollouts.
     mesh: its own mesh (or the student's, or None).
+    rows_per_call: rows (prompts × samples) per sampler call (0 = one call).
   """
 
-  def __init__(self, model, max_total_len: int, sampling: SamplingParams, mesh=None):
+  def __init__(self, model, max_total_len: int, sampling: SamplingParams, mesh=None,
+               rows_per_call: int = 0):
     self.model = model
     self.mesh = mesh
+    self.rows_per_call = rows_per_call
     self.sampler = Sampler(model, max_total_len=max_total_len, mesh=mesh)
     self.vision = self.sampler.vision
     self.sampling = sampling
@@ -50,7 +53,7 @@ class Teacher:
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
     return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
-                  max_new_tokens=max_new_tokens, seed=seed)
+                  max_new_tokens=max_new_tokens, seed=seed, rows_per_call=self.rows_per_call)
 
   def hidden_states(self, batch: dict[str, np.ndarray]) -> jax.Array:
     """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`,
