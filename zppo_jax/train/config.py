@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.param_dtype = "bfloat16"
   c.teacher.compute_dtype = "bfloat16"
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
+  c.teacher.enable_thinking = False  # compression and hint calls: the chat template's thinking
 
   # The judge of free-form gold answers, the same for every method (GRPO baselines too, §5):
   # an OpenAI-compatible endpoint, or a checkpoint judged in process ("" = teacher.checkpoint).

@@ -241,8 +241,12 @@ class Trainer:
     return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
   def _teacher_text(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept."""
-    ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+    """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept.
+
+    The chat template sets the teacher's thinking mode (`teacher.enable_thinking`, off: a
+    thinking teacher would spend the 512-token budget inside `<think>` and write no summary)."""
+    ids = [encode_prompt(self.tokenizer, p, enable_thinking=self.config.teacher.enable_thinking)
+           for p in prompts]
     seed = self._seed(self.step + 1, Stream.TEACHER_TEXT)
     outs = self.teacher.generate(ids, num_samples=1, max_new_tokens=max_new_tokens, seed=seed)
     return [self.decode(o[0].tokens) for o in outs]
