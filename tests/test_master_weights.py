@@ -73,3 +73,17 @@ def test_fp32_weights_are_their_own_masters():
   assert optim.master_params(params, optim.OptimConfig())["w"] is params["w"]
   with pytest.raises(ValueError, match="master_dtype"):
     optim.OptimConfig(master_dtype="bfloat16")
+
+
+def test_plan_counts_the_master_copy():
+  from zppo_jax.plan import shapes
+  from zppo_jax.train.config import paper_config
+  config = paper_config("0.8B")                       # bf16 weights, fp32 masters by default
+  assert shapes.run_shape(config).learner_weights == 2.0
+  config.optim.kahan = True                           # bf16 weights + a bf16 Kahan buffer
+  assert shapes.run_shape(config).learner_weights == 2.0
+  config.optim.kahan, config.optim.master_dtype = False, "none"
+  assert shapes.run_shape(config).learner_weights == 1.0
+  config.optim.master_dtype = "float32"
+  config.student.param_dtype = "float32"              # fp32 weights are their own masters
+  assert shapes.run_shape(config).learner_weights == 1.0

@@ -12,7 +12,8 @@ gold 3, a question whose gold 7 nobody gets (the hardest: NCQ only), and a free-
 by the stub judge (`conftest.stub_judge`).
 
 Two ZPPO steps run (BCQ and NCQ prompts longer than the plain-prompt limit, packed rows longer
-than `rl.pack_row_len`), then a Prefix step; parameters move; nothing raises.
+than `rl.pack_row_len`), then a Prefix step, then a ZPPO step whose context is too short for the
+augmented prompts (skipped and counted); parameters move; nothing raises.
 """
 import os
 import pathlib
@@ -161,5 +162,11 @@ def test_paper_config_rehearsal(tmp_path, stub_judge):
     assert step["groups/prefix"] >= 1 and np.isfinite(step["update/loss"])
     assert all(p > 0 for kind, _, p in specs if kind == "prefix")
     assert step["len/prefix"] <= BUDGET
+
+    # A context that holds plain prompts but no augmented one: they are skipped and counted.
+    trainer.config.sampling.max_context = PLAIN_LIMIT + BUDGET + 16
+    step = trainer.run_step(3)
+    assert step["reform/skipped_too_long"] >= 1 and "groups/ncq" not in step
+    assert np.isfinite(step["update/loss"])
   finally:
     close()
