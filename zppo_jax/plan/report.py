@@ -90,6 +90,8 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
       n //= 2
     add(pre, resident, n)
     add(dec, resident, n)
+    if not name and pre.fits and dec.fits:
+      log(f"-- the student's rollouts fit in calls of {n} rows: --config.sampling.rows_per_call={n}")
 
   if "train" in programs:
     add(programs_lib.compile_train(shape, student_devices, hbm),
