@@ -3,15 +3,14 @@
 Responses are recorded (a `RecordedGenerator`), so every expected score below is computed by hand.
 The judge is the real `OpenAICompatibleJudge` talking to a stub HTTP server on 127.0.0.1.
 """
-import http.server
 import itertools
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
 
+from conftest import serve_judge
 from test_eval_benchmarks import write_suite
 from zppo_jax import cli
 from zppo_jax.eval import benchmarks, report, runner
@@ -32,33 +31,20 @@ JUDGE_REPLIES = {
 }
 
 
-class _JudgeHandler(http.server.BaseHTTPRequestHandler):
-  requests: list = []
+def _reply(prompt):
+  response = re.search(r"<response>\n(.*)\n</response>", prompt, re.DOTALL).group(1)
+  return JUDGE_REPLIES.get(response, '{"verdict": "wrong"}')
 
-  def do_POST(self):  # noqa: N802 - the http.server API.
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-    prompt = body["messages"][0]["content"]
-    type(self).requests.append(prompt)
-    response = re.search(r"<response>\n(.*)\n</response>", prompt, re.DOTALL).group(1)
-    content = JUDGE_REPLIES.get(response, '{"verdict": "wrong"}')
-    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-    self.send_response(200)
-    self.send_header("Content-Type", "application/json")
-    self.end_headers()
-    self.wfile.write(payload.encode())
 
-  def log_message(self, *args):
-    pass
+JUDGE_PROMPTS: list = []   # what the stub judge was asked, in order
 
 
 @pytest.fixture(scope="module")
 def judge_url():
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-  server.shutdown()
-  server.server_close()
+  with serve_judge(_reply) as (url, prompts):
+    global JUDGE_PROMPTS
+    JUDGE_PROMPTS = prompts
+    yield url
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +179,11 @@ def test_in_process_judge_has_the_same_contract(pool):
 
 
 def test_judge_sees_options_and_gold_text(judge_url, pool):
-  _JudgeHandler.requests.clear()
+  JUDGE_PROMPTS.clear()
   item = EvalItem("q", "Pick one.", "B", Mode.CHOICE, choices=("cat", "dog"))
   Scorer(judge=OpenAICompatibleJudge(judge_url, "stub", max_retries=0), pool=pool).score(
       [item], ["<think>...</think>I pick the dog"])
-  (prompt,) = _JudgeHandler.requests
+  (prompt,) = JUDGE_PROMPTS
   assert "Pick one.\nA. cat\nB. dog" in prompt
   assert "<reference_answer>\nB. dog\n</reference_answer>" in prompt
   assert "<response>\nI pick the dog\n</response>" in prompt  # Reasoning removed.

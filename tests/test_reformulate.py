@@ -281,3 +281,19 @@ def test_teacher_cache_state_round_trip_keeps_order_and_rollouts():
   assert back.state_dict() == on.state_dict() and len(back) == 2
   back.merge("s", [Rollout("i", 1.0, "1", (5,))])   # `q`, the oldest, goes first.
   assert back.merge("q", [Rollout("b", 0.0, "7", (3,))]) == (Rollout("b", 0.0, "7", (3,)),)
+
+
+def test_precap_counts_only_questions_that_admit_the_methods_reformulation():
+  # The two hardest questions have no correct teacher rollout; with one pre-cap slot (cap(4) = 1)
+  # BCQ-only, Hint and Prefix give it to the easier question that has one; NCQ (ZPPO) does not
+  # look at the teacher: every hard question admits NCQ.
+  teacher = (Rollout("t", 1.0, "42", tuple(range(10))),)
+  groups = [group("a", 0.0, teacher=BAD_T), group("b", 0.0, teacher=BAD_T),
+            group("c", 0.25, teacher=teacher)]
+  cfg = ReformulationConfig()
+  assert [(r.qid, r.kind) for r in build(groups, 4, use_ncq=False)] == [("c", "bcq")]
+  assert [(r.qid, r.kind) for r in build(groups, 4)] == [("a", "ncq")]
+  assert plan_hints(groups, 4, cfg, random.Random(0)).groups[0].qid == "c"
+  assert [r.qid for r in build_prefixes(groups, 4, cfg, random.Random(0))] == ["c"]
+  # Without the feasibility rule the slot would go to "a" and nothing would be built.
+  assert [g.qid for g in select_hard(groups, 4, cfg)] == ["a"]

@@ -55,7 +55,7 @@ def join_prompt(prompt: Sequence[int], suffix: Sequence[int]) -> list[int]:
 
 
 def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
-                  sample: Any = "?") -> list[int]:
+                  sample: Any = "?", enable_thinking: bool | None = None) -> list[int]:
   """Token ids of one user turn under the tokenizer's chat template, assistant turn opened.
 
   Args:
@@ -66,6 +66,8 @@ def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
       the image's token count (the layout of `data.pipeline.Preprocessor.encode`).
     vision: `data.vision.VisionProcessorConfig` of the model; needed when `images` is non-empty.
     sample: names the question in error messages.
+    enable_thinking: passed to the chat template when given (Qwen3.5's templates open the
+      assistant turn with an empty `<think></think>` when False); None = the template's default.
 
   Special-token strings in `user_text` (``<|im_end|>``, ``<|image_pad|>``...) are written as
   plain text first (`data.markup`), so the text cannot forge a turn or an image slot.
@@ -84,9 +86,10 @@ def encode_prompt(tokenizer, user_text: str, images: Sequence = (), vision=None,
   placeholder = vision_lib.VISION_START + vision_lib.IMAGE_PAD + vision_lib.VISION_END
   # The user text is data: a chat marker or image pad inside it must not become the real token.
   user_text = markup.neutralize_special_tokens(user_text, tokenizer)
+  thinking = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
   text = tokenizer.apply_chat_template(
       [{"role": "user", "content": placeholder * len(images) + user_text}], tokenize=False,
-      add_generation_prompt=True)
+      add_generation_prompt=True, **thinking)
   if not images:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
   pixels = [_preprocess_image(image, vision, f"{sample} image {i}")

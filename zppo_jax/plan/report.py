@@ -61,12 +61,13 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
   shared = student_devices is teacher_devices
   chip = topo.chip
   # What stays resident while another program runs (the trainer keeps all of it on device): the
-  # learner's state (params + Adam moments) and the sampler's weight copy on the student's chips,
-  # and the teacher's weights on the teacher's (on every chip when they share the slice).
+  # learner's state (params or their fp32 masters or Kahan buffers, + Adam moments) and the
+  # sampler's weight copy on the student's chips, and the teacher's weights on the teacher's (on
+  # every chip when they share the slice).
   weights = shapes.weight_bytes(shape.student)
   moments = 2 * weights * np.dtype(shape.opt_state_dtype).itemsize \
       / np.dtype(shape.student.param_dtype).itemsize
-  train_state = (weights + moments) / len(student_devices)
+  train_state = (weights * shape.learner_weights + moments) / len(student_devices)
   sampler_weights = weights / shape.tensor
   teacher_weights = shapes.weight_bytes(shape.teacher, shape.teacher_fp8) / shape.teacher_tensor
   done: list[Program] = []
@@ -91,6 +92,8 @@ def plan(shape: RunShape, topo: Topology, programs=("train", "rollout", "teacher
       n //= 2
     add(pre, resident, n)
     add(dec, resident, n)
+    if not name and pre.fits and dec.fits:
+      log(f"-- the student's rollouts fit in calls of {n} rows: --config.sampling.rows_per_call={n}")
 
   if "train" in programs:
     add(programs_lib.compile_train(shape, student_devices, hbm),

@@ -34,6 +34,8 @@ class RunShape:
     teacher_fraction: share of the chips that run the teacher (0 = shares the student's).
     teacher_fp8: teacher weights in FP8 with block scales.
     opt_state_dtype: Adam moments' dtype.
+    learner_weights: the learner's parameter bytes per byte of student weights: 2 with fp32
+      masters of bf16 weights or with Kahan buffers (`optim.master_dtype`, `optim.kahan`), else 1.
   """
   student: Any
   teacher: Any
@@ -52,6 +54,7 @@ class RunShape:
   teacher_fraction: float
   teacher_fp8: bool
   opt_state_dtype: str
+  learner_weights: float = 1.0
 
 
 def _preset(checkpoint: str):
@@ -109,7 +112,18 @@ def run_shape(config, *, tensor: int | None = None, teacher_tensor: int | None =
       train_rows=train_rows, micro_batches=micro_batches, tensor=tensor,
       teacher_tensor=teacher_tensor,
       teacher_fraction=float(config.teacher.device_fraction), teacher_fp8=bool(teacher_fp8),
-      opt_state_dtype=str(config.optim.state_dtype))
+      opt_state_dtype=str(config.optim.state_dtype),
+      learner_weights=_learner_weights(config, student.param_dtype))
+
+
+def _learner_weights(config, param_dtype) -> float:
+  """What the learner keeps per byte of weights (`RunShape.learner_weights`)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  if jnp.dtype(param_dtype).itemsize >= 4:
+    return 1.0
+  if config.optim.kahan:
+    return 2.0
+  return 4 / jnp.dtype(param_dtype).itemsize if config.optim.master_dtype == "float32" else 1.0
 
 
 def _layer_counts(cfg) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from zppo_jax.data.prompts import encode_prompt
 from zppo_jax.rl.advantages import compute_advantages
 from zppo_jax.train.config import MethodFlags
 from zppo_jax.train.groups import Group, RolloutSpec
-from zppo_jax.zppo import reformulate
+from zppo_jax.zppo import reformulate, templates
 from zppo_jax.zppo.diagnostics import step_diagnostics
 from zppo_jax.zppo.replay_buffer import ReplayBuffer
 
@@ -115,12 +115,15 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
                if rcfg.compress and plan.compression_prompts else [])
     reforms = plan.finalize(outputs)
     metrics.update({"reform/dropped": plan.num_dropped,
-                    "reform/compressions": len(plan.compression_prompts)})
+                    "reform/compressions": len(plan.compression_prompts),
+                    "reform/empty_candidates": sum(not templates.extract_summary(o)
+                                                   for o in outputs)})
   elif flags.hint:
     plan = reformulate.plan_hints(groups, num_new, rcfg, rng)
     outputs = (teacher_text(plan.hint_prompts, rcfg.compression_max_new_tokens)
                if plan.hint_prompts else [])
     reforms = plan.finalize(outputs)
+    metrics["reform/empty_candidates"] = sum(not r.meta["hint"] for r in reforms)
   else:
     reforms = reformulate.build_prefixes(groups, num_new, rcfg, rng)
   specs = []

@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.device_fraction = 0.25  # the paper's 6:2 split; 0 = share the student's devices.
   c.teacher.fp8 = False           # matmul weights in FP8 with block scales (an FP8 checkpoint is
                                   # read as it is; a bf16 one is quantised when loaded)
+  c.teacher.enable_thinking = False  # compression and hint calls: the chat template's thinking
 
   # Device layout: (data, fsdp, tensor) sizes over the student's and the teacher's devices (the
   # same devices when teacher.device_fraction is 0); -1 takes the devices left over.
@@ -94,6 +95,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.student = (1, -1, 1)
   c.mesh.teacher = (1, -1, 1)
+
+  # The judge of free-form gold answers, the same for every method (GRPO baselines too, §5):
+  # an OpenAI-compatible endpoint, or a checkpoint judged in process ("" = teacher.checkpoint).
+  c.judge = ml_collections.ConfigDict()
+  c.judge.url = ""                # e.g. http://127.0.0.1:8000/v1
+  c.judge.model = "judge"         # the model name the endpoint expects
+  c.judge.api_key_env = ""        # environment variable holding the endpoint's key, if any
+  c.judge.checkpoint = ""
 
   c.data = ml_collections.ConfigDict()
   # A builder's output directory (`zppo data build-zppo77k` / `build`), or a JSONL or Parquet
@@ -144,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 12_288
   c.sampling.teacher_max_new_tokens = 12_288
+  # The model's context (Qwen3.5: 262,144): prompts (BCQ / NCQ / hint ones may be long) are
+  # bucketed by their length up to it; one whose prompt + response budget exceeds it is skipped
+  # and counted (reform/skipped_too_long).
+  c.sampling.max_context = 262_144
+  c.sampling.rows_per_call = 512  # rollouts (prompts x G) per sampler call; `zppo plan` sizes it
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-6
@@ -153,6 +167,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1
   c.optim.clip_norm = 1.0
   c.optim.state_dtype = "bfloat16"
+  # bf16 weights: fp32 master copies take the updates ("none": plain bf16 updates, which round
+  # away at lr 1e-6); or kahan=True for compensated bf16 updates without masters (§3).
+  c.optim.master_dtype = "float32"
+  c.optim.kahan = False
 
   return c
 

@@ -32,12 +32,22 @@ class TextPolicy(Protocol):
 
 
 def sample(sampler, sampling, prompts: Sequence[Sequence[int]], *, num_samples: int,
-           max_new_tokens: int, seed: int) -> list[list[Completion]]:
-  """`TextPolicy.generate` for a `sampling.Sampler` with its `SamplingParams` (student, teacher)."""
+           max_new_tokens: int, seed: int, rows_per_call: int = 0) -> list[list[Completion]]:
+  """`TextPolicy.generate` for a `sampling.Sampler` with its `SamplingParams` (student, teacher).
+
+  The prompts are sampled in calls of at most `rows_per_call` rows (prompts × num_samples; at
+  least one prompt per call; 0 = one call), so that a step's thousands of rollouts need the memory
+  of one call's rows. The first call takes `seed`, call k > 0 a seed derived from (seed, k).
+  """
   params = dataclasses.replace(sampling, num_samples=num_samples, max_new_tokens=max_new_tokens)
-  out = sampler.generate(prompts, params, seed=seed)
-  return [[Completion(t, lp) for t, lp in zip(ts, lps)]
-          for ts, lps in zip(out.tokens, out.logprobs)]
+  per_call = max(1, rows_per_call // num_samples) if rows_per_call else max(1, len(prompts))
+  completions = []
+  for k, start in enumerate(range(0, len(prompts), per_call)):
+    call_seed = seed if k == 0 else int(np.random.default_rng([seed, k]).integers(2**31 - 1))
+    out = sampler.generate(prompts[start:start + per_call], params, seed=call_seed)
+    completions += [[Completion(t, lp) for t, lp in zip(ts, lps)]
+                    for ts, lps in zip(out.tokens, out.logprobs)]
+  return completions
 
 
 @dataclasses.dataclass(frozen=True)

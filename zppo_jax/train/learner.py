@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Callable, Mapping, Sequence
 
 import flax.struct
@@ -122,11 +123,16 @@ class LearnerConfig:
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything an update changes (donated to the jitted step)."""
+  """Everything an update changes (donated to the jitted step).
+
+  `params` are what the optimizer updates: fp32 masters of bf16 weights (`optim.master_params`),
+  or the weights themselves; the forward pass and the sampler use them cast to the model's dtypes.
+  """
   params: nnx.State
   opt_state: optax.OptState
   step: jax.Array      # int32[], applied updates
   skipped: jax.Array   # int32[], updates skipped because the loss or grad norm was not finite
+  compensation: nnx.State | None = None  # Kahan buffers (`OptimConfig.kahan`), else None
 
 
 _VISION_KEYS = ("vision_embeds", "vision_mask")
@@ -175,6 +181,7 @@ class Learner:
     self.mesh = mesh
     self.rules = rules
     self.graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
+    self._dtypes = jax.tree.map(lambda x: x.dtype, params)
     self.tx = cfg.optim.optimizer() if tx is None else tx
     with self._context():
       state_sh = self._state_shardings(params)
@@ -201,6 +208,7 @@ class Learner:
     learner = cls.__new__(cls)
     learner.cfg, learner.mesh, learner.rules = cfg, mesh, rules
     learner.graphdef, params, learner._rest = nnx.split(model, nnx.Param, ...)
+    learner._dtypes = jax.tree.map(lambda x: x.dtype, params)
     learner.tx = cfg.optim.optimizer()
     with learner._context():
       state_sh = learner._state_shardings(params)
@@ -221,9 +229,11 @@ class Learner:
   # --- Set-up helpers. ---
 
   def _init_state(self, params) -> TrainState:
-    """The state before the first update: fresh optimizer moments, zero counters."""
+    """The state before the first update: masters (if any), fresh optimizer moments, zero
+    counters, Kahan buffers (if any)."""
+    params = optim.master_params(params, self.cfg.optim)
     return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32),
-                      jnp.zeros([], jnp.int32))
+                      jnp.zeros([], jnp.int32), optim.init_compensation(params, self.cfg.optim))
 
   def _context(self):
     if self.mesh is None:
@@ -270,7 +280,8 @@ class Learner:
   # --- Traced pieces. ---
 
   def _model(self, params) -> nnx.Module:
-    return nnx.merge(self.graphdef, params, self._rest)
+    """The model at `params` in its own dtypes (masters cast back: bf16 compute)."""
+    return nnx.merge(self.graphdef, optim.compute_params(params, self._dtypes), self._rest)
 
   def _token_logprobs(self, params, mb):
     model = self._model(params)
@@ -328,11 +339,12 @@ class Learner:
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, compensation = optim.apply_updates(state.params, updates, state.compensation)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                            state.step + finite.astype(jnp.int32),
-                           state.skipped + (~finite).astype(jnp.int32))
+                           state.skipped + (~finite).astype(jnp.int32),
+                           keep(compensation, state.compensation))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
     return new_state, metrics
 
@@ -436,5 +448,14 @@ class Learner:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
   def update_model(self, model: nnx.Module) -> None:
-    """Writes the current parameters into `model` (e.g. the sampler's copy)."""
-    nnx.update(model, self.state.params)
+    """Writes the current parameters into `model` (e.g. the sampler's copy), cast from the
+    masters to the model's dtypes."""
+    if not self.cfg.optim.masters:
+      nnx.update(model, self.state.params)
+      return
+    with self._context():
+      nnx.update(model, self._cast(self.state.params))
+
+  @functools.cached_property
+  def _cast(self):
+    return jax.jit(lambda params: optim.compute_params(params, self._dtypes))

@@ -12,6 +12,7 @@ environment (`ZPPO_DISTRIBUTED=1`, `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -32,8 +33,9 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def make_grader(config, teacher=None, tokenizer=None):
-  """`grader(responses, records) -> rewards`: the grading pool, with the teacher as judge.
+def make_grader(config, teacher=None, tokenizer=None, judge=None):
+  """`grader(responses, records) -> rewards`: the grading pool, with `judge` (default: the
+  teacher) for free-form golds (`train.judges.make_judge` gives every method the same one).
 
   With several processes each grades its own contiguous block of the rollouts and the rewards are
   gathered; the judge (a collective teacher rollout) then runs on every process over the whole list.
@@ -41,7 +43,8 @@ def make_grader(config, teacher=None, tokenizer=None):
   from zppo_jax.rewards import GradingPool, RewardItem, grade_batch
   from zppo_jax.train.teacher import TeacherJudge
   pool = GradingPool(num_workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
-  judge = TeacherJudge(teacher, tokenizer) if teacher is not None else None
+  if judge is None and teacher is not None:
+    judge = TeacherJudge(teacher, tokenizer)
 
   def grader(responses, records):
     items = [RewardItem(resp, str(rec["answer"]), rec["question"], rec.get("choices"))
@@ -70,7 +73,7 @@ def build_trainer(config, workdir: epath.PathLike, stream=None):
   """Everything a run needs, from the config; returns (trainer, closer)."""
   from zppo_jax.data import train_data
   from zppo_jax.sampling import SamplingParams
-  from zppo_jax.train import augment
+  from zppo_jax.train import augment, judges
   from zppo_jax.train.config import method_flags
   from zppo_jax.train.student import Student
   from zppo_jax.train.teacher import Teacher
@@ -96,25 +99,35 @@ def build_trainer(config, workdir: epath.PathLike, stream=None):
   print(f"train: student on {len(student_devices)} devices, mesh {_describe(student_mesh)}",
         file=stream)
   flags = method_flags(config)
-  teacher = None
-  if config.teacher.checkpoint and (flags.reformulates or flags.distill):
+  sampling = SamplingParams(temperature=config.sampling.temperature,
+                            top_p=config.sampling.top_p, top_k=config.sampling.top_k,
+                            stop_token_ids=stop_ids)
+
+  def load_teacher(checkpoint: str) -> Teacher:
+    what = ("--config.teacher.checkpoint" if checkpoint == config.teacher.checkpoint
+            else "--config.judge.checkpoint")
     teacher_mesh = parallel.layout_mesh(config.mesh.teacher, teacher_devices, "mesh.teacher")
-    teacher_model = load_model(config.teacher.checkpoint, config.teacher.compute_dtype,
+    teacher_model = load_model(checkpoint, config.teacher.compute_dtype,
                                config.teacher.param_dtype, mesh=teacher_mesh,
-                               fp8=config.teacher.fp8,
-                               what="--config.teacher.checkpoint")
-    sampling = SamplingParams(temperature=config.sampling.temperature,
-                              top_p=config.sampling.top_p, top_k=config.sampling.top_k,
-                              stop_token_ids=stop_ids)
-    teacher = Teacher(teacher_model, config.rl.pack_row_len, sampling, mesh=teacher_mesh)
+                               fp8=config.teacher.fp8, what=what)
     print(f"train: teacher on {len(teacher_devices)} devices, mesh {_describe(teacher_mesh)}"
           f"{', fp8' if config.teacher.fp8 else ''}", file=stream)
+    return Teacher(teacher_model, config.sampling.max_context, sampling, mesh=teacher_mesh,
+                   rows_per_call=config.sampling.rows_per_call)
+
+  teacher = None
+  if config.teacher.checkpoint and (flags.reformulates or flags.distill):
+    teacher = load_teacher(config.teacher.checkpoint)
   iterator = train_data.open_train_data(config, tokenizer, augment.user_text,
                                         vision=student.vision, workdir=workdir, stream=stream)
   eval_records = train_data.open_eval_records(config, tokenizer, augment.user_text,
                                               vision=student.vision, workdir=workdir,
                                               stream=stream)
-  grader = make_grader(config, teacher, tokenizer)
+  # One judge for every method (GRPO too); a run with free-form golds and none stops here.
+  judge = judges.make_judge(config, teacher, load_teacher, tokenizer)
+  judges.require(judge, itertools.chain(judges.shard_records(iterator.pipeline.source),
+                                        eval_records))
+  grader = make_grader(config, teacher, tokenizer, judge=judge)
   trainer = Trainer(config, workdir, student=student, teacher=teacher, tokenizer=tokenizer,
                     prompts=iterator, grader=grader, stop_ids=stop_ids,
                     eval_records=eval_records, stream=stream)

@@ -62,7 +62,9 @@ class Student:
     self.text_model = text_decoder(model)
     self.vision = vision_processor(model, config) if multimodal else None
     self.row_len = int(config.rl.pack_row_len)
-    self.sampler = Sampler(model, max_total_len=self.row_len, mesh=mesh)
+    # Prompts are bucketed by their actual length up to the context (augmented prompts may be
+    # longer than plain ones); the trainer skips what does not fit.
+    self.sampler = Sampler(model, max_total_len=int(config.sampling.max_context), mesh=mesh)
     self.sampling = SamplingParams(temperature=config.sampling.temperature,
                                    top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                                    stop_token_ids=tuple(stop_ids))
@@ -72,7 +74,8 @@ class Student:
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
     return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
-                  max_new_tokens=max_new_tokens, seed=seed)
+                  max_new_tokens=max_new_tokens, seed=seed,
+                  rows_per_call=int(self.config.sampling.rows_per_call))
 
   def pack(self, parts: Sequence[Sequence], with_advantages: bool = True,
            encoder: media.VisionEncoder | None = None) -> list[dict[str, np.ndarray]]:
@@ -81,11 +84,15 @@ class Student:
     Image prompts get their features from `encoder` (default: the student's vision tower).
     """
     vision = self._vision_inputs([s for p in parts for s in p], encoder or self.sampler.vision)
-    needed = max(packing.rows_needed([len(s.prompt_ids) + len(s.tokens) for s in p], self.row_len)
+    # Rows are `rl.pack_row_len` long, or the power of two that holds the step's longest
+    # sequence (a long augmented prompt): one more compiled shape, never an error.
+    longest = max(len(s.prompt_ids) + len(s.tokens) for p in parts for s in p)
+    row_len = max(self.row_len, packing.bucket(longest))
+    needed = max(packing.rows_needed([len(s.prompt_ids) + len(s.tokens) for s in p], row_len)
                  for p in parts)
     rows = packing.bucket(needed, max(int(self.config.rl.min_rows_per_update),
                                       int(self.config.rl.micro_batch_rows)))
-    return [self._pack_part(p, rows, with_advantages, vision).arrays() for p in parts]
+    return [self._pack_part(p, rows, row_len, with_advantages, vision).arrays() for p in parts]
 
   def _vision_inputs(self, sequences, encoder) -> dict[int, tuple]:
     """id(prompt) -> (positions, image mask, features) of each distinct image prompt (the G
@@ -99,10 +106,10 @@ class Student:
         out[id(prompt)] = media.prompt_inputs(prompt, encoder, sample=len(out))
     return out
 
-  def _pack_part(self, part, num_rows, with_advantages, vision):
+  def _pack_part(self, part, num_rows, row_len, with_advantages, vision):
     inputs = [vision.get(id(s.prompt_ids)) for s in part]
     return packing.pack(
-        [s.prompt_ids for s in part], [s.tokens for s in part], self.row_len,
+        [s.prompt_ids for s in part], [s.tokens for s in part], row_len,
         advantages=[s.advantage for s in part] if with_advantages else None,
         sampler_logprobs=[s.old_logprobs if len(s.old_logprobs) == len(s.tokens)
                           else np.zeros(len(s.tokens)) for s in part],

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zppo_jax import parallel
 from zppo_jax.models.qwen3_5.multimodal import text_decoder
 from zppo_jax.rewards import JudgeItem, judge_prompt, parse_verdict
 from zppo_jax.sampling import Sampler, SamplingParams
@@ -37,11 +36,14 @@ class Teacher:
     max_total_len: longest prompt plus response a call may ask.
     sampling: temperature / top-p / top-k / stop ids of its rollouts.
     mesh: its own mesh (or the student's, or None).
+    rows_per_call: rows (prompts × samples) per sampler call (0 = one call).
   """
 
-  def __init__(self, model, max_total_len: int, sampling: SamplingParams, mesh=None):
+  def __init__(self, model, max_total_len: int, sampling: SamplingParams, mesh=None,
+               rows_per_call: int = 0):
     self.model = model
     self.mesh = mesh
+    self.rows_per_call = rows_per_call
     self.sampler = Sampler(model, max_total_len=max_total_len, mesh=mesh)
     self.vision = self.sampler.vision
     self.sampling = sampling
@@ -50,7 +52,7 @@ class Teacher:
   def generate(self, prompts, *, num_samples: int, max_new_tokens: int, seed: int
                ) -> list[list[Completion]]:
     return sample(self.sampler, self.sampling, prompts, num_samples=num_samples,
-                  max_new_tokens=max_new_tokens, seed=seed)
+                  max_new_tokens=max_new_tokens, seed=seed, rows_per_call=self.rows_per_call)
 
   def hidden_states(self, batch: dict[str, np.ndarray]) -> jax.Array:
     """float[R, T, Dt]: final hidden states over packed rows (`tokens`, `positions`,
@@ -96,9 +98,3 @@ class TeacherJudge:
              for toks in out.tokens]
     return [parse_verdict(t) for t in texts]
 
-
-def make_mesh_for(devices: Sequence) -> jax.sharding.Mesh | None:
-  """An FSDP mesh over `devices`, or None for a single device (plain, unsharded execution)."""
-  if len(devices) < 2:
-    return None
-  return parallel.make_mesh(devices=devices)

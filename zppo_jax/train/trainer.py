@@ -149,6 +149,7 @@ class Trainer:
           self._teacher_text, vision=self.vision)
       times["time_teacher"] = times.get("time_teacher", 0.0) + time.perf_counter() - t
       metrics.update(reform_metrics)
+      specs, metrics["reform/skipped_too_long"] = self._fitting(specs)
       extra_groups = self._rollouts(specs, self._seed(step, Stream.EXTRA_ROLLOUTS), times)
     groups = plain + extra_groups
 
@@ -186,19 +187,34 @@ class Trainer:
     return [RolloutSpec(r, "plain", augment.record_prompt(self.tokenizer, r, self.vision))
             for r in records]
 
+  def _fitting(self, specs: Sequence[RolloutSpec]) -> tuple[list[RolloutSpec], int]:
+    """The specs whose prompt, forced prefix and response budget fit the context
+    (`sampling.max_context`), and how many were skipped (the prefix must leave room for a
+    continuation within the budget)."""
+    budget, context = self.config.sampling.max_new_tokens, self.config.sampling.max_context
+    fits = [s for s in specs if len(s.prefix) < budget
+            and len(s.prompt_ids) + len(s.prefix) + budget <= context]
+    return fits, len(specs) - len(fits)
+
   def _rollouts(self, specs: Sequence[RolloutSpec], seed: int, times: dict) -> list[Group]:
-    """Samples G_S student rollouts for each spec (after its forced prefix) and grades them."""
+    """Samples G_S student rollouts for each spec (after its forced prefix) and grades them.
+
+    The response budget `sampling.max_new_tokens` holds the forced prefix too (Prefix baseline):
+    a continuation has at most budget - len(prefix) tokens.
+    """
     if not specs:
       return []
     t = time.perf_counter()
+    budget = self.config.sampling.max_new_tokens
     prompts = [join_prompt(s.prompt_ids, s.prefix) for s in specs]
     outs = self.student.generate(prompts, num_samples=self.config.rl.group_size,
-                                 max_new_tokens=self.config.sampling.max_new_tokens, seed=seed)
+                                 max_new_tokens=budget - min(len(s.prefix) for s in specs),
+                                 seed=seed)
     times["time_rollout"] = times.get("time_rollout", 0.0) + time.perf_counter() - t
     groups = []
     for s, completions in zip(specs, outs):
-      prefix = list(s.prefix)
-      full = [Completion(prefix + c.tokens, [0.0] * len(prefix) + list(c.logprobs))
+      prefix, keep = list(s.prefix), budget - len(s.prefix)
+      full = [Completion(prefix + c.tokens[:keep], [0.0] * len(prefix) + list(c.logprobs[:keep]))
               for c in completions]
       groups.append(Group(s.record["id"], s.kind, s.record, join_prompt(s.prompt_ids, []), full,
                           loss_start=len(prefix), extra=s.extra))
@@ -225,8 +241,12 @@ class Trainer:
     return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
   def _teacher_text(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept."""
-    ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+    """One teacher completion per user prompt (compression, hints), decoded, `<think>` kept.
+
+    The chat template sets the teacher's thinking mode (`teacher.enable_thinking`, off: a
+    thinking teacher would spend the 512-token budget inside `<think>` and write no summary)."""
+    ids = [encode_prompt(self.tokenizer, p, enable_thinking=self.config.teacher.enable_thinking)
+           for p in prompts]
     seed = self._seed(self.step + 1, Stream.TEACHER_TEXT)
     outs = self.teacher.generate(ids, num_samples=1, max_new_tokens=max_new_tokens, seed=seed)
     return [self.decode(o[0].tokens) for o in outs]

@@ -3,7 +3,8 @@
 The flow for one step, in the paper's symbols:
   * X_hard = {x : r̄_x < τ}, new and replayed questions together.
   * Pre-cap: rank X_hard by ascending r̄_x (hardest first; ties keep input order) and keep the first
-    ρ_aug·|X_new|.
+    ρ_aug·|X_new| among the questions that admit a reformulation of the method (all with NCQ; a
+    correct teacher rollout for BCQ only, Hint and Prefix).
   * Candidates: BCQ when there is a correct teacher rollout and a wrong student rollout (one of each
     picked uniformly at random, both compressed, order shuffled); NCQ always (every wrong student
     rollout compressed, their parsed answers listed). Teacher all wrong -> NCQ only.
@@ -153,12 +154,27 @@ class Reformulation:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def select_hard(groups: Sequence[QuestionGroup], num_new: int, config: ReformulationConfig
+def select_hard(groups: Sequence[QuestionGroup], num_new: int, config: ReformulationConfig,
+                admits: Callable[[QuestionGroup], bool] = lambda g: True
                 ) -> list[QuestionGroup]:
-  """X_hard ranked hardest first (stable) and pre-capped to ⌊ρ_aug·|X_new|⌋ questions."""
-  hard = [g for g in groups if g.plain_accuracy < config.threshold]
+  """X_hard ranked hardest first (stable) and pre-capped to ⌊ρ_aug·|X_new|⌋ questions among
+  those that `admits` (App. C: a question that admits no reformulation of the method takes no
+  slot)."""
+  hard = [g for g in groups if g.plain_accuracy < config.threshold and admits(g)]
   hard.sort(key=lambda g: g.plain_accuracy)  # Stable: ties keep the input order.
   return hard[:config.cap(num_new)]
+
+
+def _has_correct_teacher(g: QuestionGroup) -> bool:
+  return any(r.correct for r in g.teacher_rollouts)
+
+
+def admits_bcq_or_ncq(config: ReformulationConfig) -> Callable[[QuestionGroup], bool]:
+  """Whether a hard question admits a reformulation: with NCQ on, every one does (it has a wrong
+  rollout); with BCQ only, one with a correct teacher and a wrong student rollout."""
+  if config.use_ncq:
+    return lambda g: True
+  return lambda g: _has_correct_teacher(g) and any(not r.correct for r in g.student_rollouts)
 
 
 def _words_truncate(text: str, max_tokens: int) -> str:
@@ -261,7 +277,7 @@ def plan_reformulations(groups: Sequence[QuestionGroup], num_new: int,
     The plan; call `ReformulationPlan.finalize` with the teacher's outputs.
   """
   hard = [g for g in groups if g.plain_accuracy < config.threshold]
-  kept = select_hard(groups, num_new, config)
+  kept = select_hard(groups, num_new, config, admits_bcq_or_ncq(config))
   pool = config.cap(num_new)
   pending: list[_Pending] = []
   dropped = skipped = 0
@@ -358,10 +374,10 @@ class HintPlan:
 
 def plan_hints(groups: Sequence[QuestionGroup], num_new: int, config: ReformulationConfig,
                rng: random.Random) -> HintPlan:
-  """Phase one of the Hint baseline: on the pre-capped hard set, pick one correct teacher rollout
-  per question uniformly at random (questions whose teacher got all wrong get no hint)."""
+  """Phase one of the Hint baseline: on the hard set pre-capped among the questions with a correct
+  teacher rollout (the others take no slot), pick one per question uniformly at random."""
   chosen, prompts = [], []
-  for g in select_hard(groups, num_new, config):
+  for g in select_hard(groups, num_new, config, _has_correct_teacher):
     right = [r for r in g.teacher_rollouts if r.correct]
     if right:
       chosen.append(g)
@@ -391,7 +407,8 @@ def prefix_loss_mask(num_prefix: int, num_response: int) -> list[int]:
 
 def build_prefixes(groups: Sequence[QuestionGroup], num_new: int, config: ReformulationConfig,
                    rng: random.Random) -> list[Reformulation]:
-  """The Prefix baseline ("GRPO + teacher response"): on the pre-capped hard set, one correct
+  """The Prefix baseline ("GRPO + teacher response"): on the hard set pre-capped among the
+  questions with a correct teacher rollout, one correct
   teacher rollout per question (picked at random), whose first ⌊0.4·n⌋ tokens become a shared
   forced prefix of the student's G_S continuations. The prefix ids are in
   ``meta["prefix_token_ids"]``; mask them out of the loss with `prefix_loss_mask`.
@@ -400,11 +417,8 @@ def build_prefixes(groups: Sequence[QuestionGroup], num_new: int, config: Reform
     ValueError: a picked teacher rollout has no ``token_ids`` (naming the question).
   """
   out = []
-  for g in select_hard(groups, num_new, config):
-    right = [r for r in g.teacher_rollouts if r.correct]
-    if not right:
-      continue
-    pick = rng.choice(right)
+  for g in select_hard(groups, num_new, config, _has_correct_teacher):
+    pick = rng.choice([r for r in g.teacher_rollouts if r.correct])
     if pick.token_ids is None:
       raise ValueError(f"question {g.qid!r}: the Prefix baseline needs teacher token_ids")
     n = prefix_length(len(pick.token_ids), config.prefix_fraction)
