@@ -24,6 +24,20 @@ def is_local(path: epath.PathLike) -> bool:
   return "://" not in os.fspath(path)
 
 
+def files_under(directory: epath.Path) -> list[epath.Path]:
+  """Every file below `directory`, as paths on the same backend (`gs://...` for a bucket).
+
+  `epath.Path.walk` on an fsspec backend (gcsfs) yields its directories without the `gs://`
+  prefix, i.e. as local relative paths; they are re-rooted on `directory` here.
+  """
+  files, top = [], None
+  for root, _, names in directory.walk():
+    top = os.fspath(root) if top is None else top    # The first directory walked is `directory`.
+    below = os.fspath(root)[len(top):].lstrip("/")
+    files += [directory / below / name for name in names]
+  return files
+
+
 def copy_tree(src: epath.Path, dst: epath.Path, last: str = "") -> None:
   """Copies every file under `src` to `dst` (either may be remote, on different backends).
 
@@ -32,7 +46,7 @@ def copy_tree(src: epath.Path, dst: epath.Path, last: str = "") -> None:
     last: a file name copied after all others (a stamp, so that a copy cut short is never taken
       for a complete one).
   """
-  files = [directory / name for directory, _, names in src.walk() for name in names]
+  files = files_under(src)
   for file in sorted(files, key=lambda p: p.name == last):
     target = dst / file.relative_to(src)
     target.parent.mkdir(parents=True, exist_ok=True)
