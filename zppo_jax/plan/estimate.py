@@ -83,8 +83,9 @@ TYPICAL = dict(
     # ZPPO-77K keeps only MMFineReason questions a 4B model solves at most half the time, and the
     # 96 replayed questions were hard when buffered: half the step's prompts below τ (assumption).
     hard_fraction=0.5,
-    # The pre-cap keeps the hardest first (ascending r̄): mostly 0 or 1 correct of G_S = 8.
-    wrong_per_kept=7.0,
+    # The pre-cap keeps the hardest first (ascending r̄): mostly 0 or 1 correct of G_S, so G_S - 1
+    # wrong (7 of the paper's 8); 0 stands for it.
+    wrong_per_kept=0.0,
 )
 
 
@@ -102,7 +103,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--hard-fraction", type=float, default=TYPICAL["hard_fraction"],
                       help="typical step: share of the prompts with group accuracy below tau")
   parser.add_argument("--wrong-per-kept", type=float, default=TYPICAL["wrong_per_kept"],
-                      help="typical step: wrong student rollouts of a kept hard question")
+                      help="typical step: wrong student rollouts of a kept hard question "
+                           "(0 = G_S - 1)")
 
 
 def from_flags(args: argparse.Namespace, shape: RunShape, config) -> dict[str, Assumptions]:
@@ -111,8 +113,9 @@ def from_flags(args: argparse.Namespace, shape: RunShape, config) -> dict[str, A
   compress = int(config.rl.compress_max_tokens)
   if not 0 <= args.hard_fraction <= 1:
     raise ValueError(f"--hard-fraction {args.hard_fraction}: expected a share in [0, 1]")
-  if not 0 <= args.wrong_per_kept <= shape.group:
-    raise ValueError(f"--wrong-per-kept {args.wrong_per_kept}: expected 0..G_S={shape.group}")
+  wrong = args.wrong_per_kept or shape.group - 1
+  if not 0 < wrong <= shape.group:
+    raise ValueError(f"--wrong-per-kept {wrong:g}: expected 0 < wrong <= G_S={shape.group}")
   longest = args.longest_response or shape.max_new
   mean = args.mean_response or shape.max_new / 3
   if not 0 < mean <= longest <= shape.max_new:
@@ -123,7 +126,7 @@ def from_flags(args: argparse.Namespace, shape: RunShape, config) -> dict[str, A
     raise ValueError(f"--mean-prompt {prompt:g}: expected 0 < mean <= the prompt bucket "
                      f"{shape.prompt_len}")
   typical = Assumptions(mean_response=mean, longest_response=longest, mean_prompt=prompt,
-                        hard_fraction=args.hard_fraction, wrong_per_kept=args.wrong_per_kept,
+                        hard_fraction=args.hard_fraction, wrong_per_kept=wrong,
                         aug_prompts=aug, compress_tokens=compress,
                         compress=bool(config.rl.compress))
   return {"worst-case": worst(shape, aug, compress, typical.compress), "typical": typical}
