@@ -77,7 +77,7 @@ def test_fp8_teacher_needs_an_fp8_checkpoint(tmp_path):
 def printed_overrides(monkeypatch, capsys, config_path: str) -> list[str]:
   """The `zppo train` flags `zppo plan` prints when the config's layout does not fit and tensor 2
   does (the TPU compiles replaced by their verdicts; `test_plan` runs the real ones)."""
-  monkeypatch.setattr(report, "plan", lambda shape, topo, programs, log=print: {
+  monkeypatch.setattr(report, "plan", lambda shape, topo, programs, log=print, steps=None: {
       "fits": False, "programs": [{"program": "train", "fits": False}]})
   monkeypatch.setattr(report, "suggest", lambda shape, topo, failed: {
       "topology": topo.name, "tensor": 2, "teacher_tensor": 2, "fits": True})
