@@ -5,6 +5,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from zppo_jax.train import config as config_lib
 from zppo_jax.zppo import templates as T
 from zppo_jax.zppo.reformulate import (QuestionGroup, ReformulationConfig, Rollout,
                                        build_prefixes, build_reformulations, plan_hints,
@@ -45,11 +46,19 @@ def build(groups, num_new, rng_seed=0, **cfg):
 
 def test_config_defaults_are_the_papers():
   c = ReformulationConfig()
-  assert (c.tau, c.aug_ratio, c.bcq, c.ncq, c.compress) == (0.5, 0.25, True, True,
-                                                                         True)
-  assert (c.raw_candidate_max_tokens, c.compress_max_tokens) == (512, 512)
+  assert (c.tau, c.aug_ratio, c.bcq, c.ncq, c.compress) == (0.5, 0.25, True, True, True)
+  assert (c.raw_candidate_max_tokens, c.compress_max_tokens, c.hint_max_tokens) == (512, 512, 512)
   assert c.cache_teacher_rollouts is False and c.prefix_fraction == 0.4
   assert c.cap(384) == 96 and c.cap(10) == 2 and c.cap(3) == 0
+
+
+def test_from_config_reads_the_rl_group_by_name():
+  rl = config_lib.base_config().rl
+  assert ReformulationConfig.from_config(rl, bcq=True, ncq=True) == ReformulationConfig()
+  rl.tau, rl.raw_candidate_max_tokens, rl.hint_max_tokens = 0.25, 7, 9
+  c = ReformulationConfig.from_config(rl, bcq=False, ncq=True)
+  assert (c.tau, c.bcq, c.raw_candidate_max_tokens, c.compress_max_tokens, c.hint_max_tokens) == (
+      0.25, False, 7, 512, 9)
 
 
 def test_hard_set_is_strictly_below_threshold():

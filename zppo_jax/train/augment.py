@@ -95,8 +95,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
       carries its question's images.
   """
   rcfg = reformulate.ReformulationConfig.from_config(
-      config.rl, bcq=flags.bcq, ncq=flags.ncq,
-      raw_candidate_max_tokens=config.rl.compress_max_tokens)
+      config.rl, bcq=flags.bcq, ncq=flags.ncq)
   groups = question_groups(plain, teacher, num_new)
   records = {g.qid: g.record for g in plain}
   metrics: dict[str, float] = {}
@@ -112,7 +111,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
                                                    for o in outputs)})
   elif flags.hint:
     plan = reformulate.plan_hints(groups, num_new, rcfg, rng)
-    outputs = (teacher_text(plan.hint_prompts, rcfg.compress_max_tokens)
+    outputs = (teacher_text(plan.hint_prompts, rcfg.hint_max_tokens)
                if plan.hint_prompts else [])
     reforms = plan.finalize(outputs)
     metrics["reform/empty_candidates"] = sum(not r.meta["hint"] for r in reforms)

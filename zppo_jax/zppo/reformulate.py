@@ -100,6 +100,7 @@ class ReformulationConfig:
       ``<think>`` part, truncated to ``raw_candidate_max_tokens``.
     raw_candidate_max_tokens: the truncation length when compression is off.
     compress_max_tokens: the teacher's budget for one compression (for the trainer).
+    hint_max_tokens: the teacher's budget for one Hint baseline hint (for the trainer).
     cache_teacher_rollouts: keep correct teacher rollouts per question across visits (an option
       beyond the paper, off). The teacher is sampled on every visit either way; when on, the
       trainer's `zppo_jax.zppo.teacher_cache.TeacherRolloutCache` adds the correct rollouts of
@@ -114,6 +115,7 @@ class ReformulationConfig:
   compress: bool = True
   raw_candidate_max_tokens: int = 512
   compress_max_tokens: int = templates.COMPRESSION_MAX_NEW_TOKENS
+  hint_max_tokens: int = 512
   cache_teacher_rollouts: bool = False
   prefix_fraction: float = 0.4
   strip_format_instructions: bool = True
