@@ -94,8 +94,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
     vision: the student's image preprocessing (None: text model); a reformulated prompt then
       carries its question's images.
   """
-  rcfg = reformulate.ReformulationConfig.from_config(
-      config.rl, bcq=flags.bcq, ncq=flags.ncq)
+  rcfg = reformulate.ReformulationConfig.from_config(config.rl, bcq=flags.bcq, ncq=flags.ncq)
   groups = question_groups(plain, teacher, num_new)
   records = {g.qid: g.record for g in plain}
   metrics: dict[str, float] = {}

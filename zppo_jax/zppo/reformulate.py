@@ -127,20 +127,19 @@ class ReformulationConfig:
       raise ValueError(f"prefix_fraction must be in (0, 1], got {self.prefix_fraction}")
 
   @classmethod
-  def from_config(cls, rl: Mapping[str, Any], *, bcq: bool, ncq: bool,
-                  **fields: Any) -> "ReformulationConfig":
-    """The rules of a run, every field read from the ``rl`` config group under its own name.
+  def from_config(cls, rl: Mapping[str, Any], *, bcq: bool, ncq: bool) -> "ReformulationConfig":
+    """The rules of a run: every field is the ``rl`` config field of the same name.
 
     Args:
       rl: the run config's ``rl`` group (`zppo_jax.train.config.base_config`).
-      bcq, ncq: the method's flags (they are not ``rl`` fields).
-      **fields: fields that are not ``rl`` fields, by name (otherwise their defaults).
+      bcq, ncq: the method's flags (not ``rl`` fields); ``strip_format_instructions`` keeps
+        its default (always on in a run).
 
     Raises:
-      KeyError: a field that is neither in ``rl`` nor given.
+      KeyError: a field missing from ``rl``.
     """
-    own = {"bcq", "ncq", "strip_format_instructions", *fields}
-    return cls(bcq=bcq, ncq=ncq, **fields,
+    own = {"bcq", "ncq", "strip_format_instructions"}
+    return cls(bcq=bcq, ncq=ncq,
                **{f.name: rl[f.name] for f in dataclasses.fields(cls) if f.name not in own})
 
   def cap(self, num_new: int) -> int:
