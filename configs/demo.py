@@ -71,7 +71,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # The demo teacher is not trained to summarise, so candidates are its raw rollouts (the spec's
   # compression-off option).
   c.rl.compress = False
-  c.rl.compress_max_tokens = 48
+  c.rl.compress_max_tokens = c.rl.raw_candidate_max_tokens = c.rl.hint_max_tokens = 48
   c.sampling.max_new_tokens = 48
   c.sampling.teacher_max_new_tokens = 48
   c.optim.lr = 1e-4

@@ -62,6 +62,7 @@ def test_paper_values(path):
   assert (rl.clip_low, rl.clip_high, rl.dual_clip, rl.loss_agg) == (0.2, 0.28, 10.0,
                                                                       "token_mean")
   assert rl.kl_coef == 0.0 and rl.compress and rl.compress_max_tokens == 512
+  assert rl.raw_candidate_max_tokens == 512 and rl.hint_max_tokens == 512
   assert not rl.cache_teacher_rollouts and rl.prefix_fraction == 0.4 and rl.jsd_beta == 0.5
   assert (opt.lr, opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.clip_norm) == (
       1e-6, 0.9, 0.999, 1e-8, 0.1, 1.0)

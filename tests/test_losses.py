@@ -148,7 +148,6 @@ def test_empty_mask_gives_zero_loss_and_bad_options_raise():
   with pytest.raises(KeyError, match="unknown policy loss"):
     losses.get_policy_loss("nope")
   assert losses.get_policy_loss("ppo") is losses.policy_loss
-  assert losses.get_distillation_loss("jsd") is losses.jsd_loss
 
 
 def _np_jsd(s_logits, t_logits, mask, beta):

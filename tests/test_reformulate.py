@@ -5,6 +5,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from zppo_jax.train import config as config_lib
 from zppo_jax.zppo import templates as T
 from zppo_jax.zppo.reformulate import (QuestionGroup, ReformulationConfig, Rollout,
                                        build_prefixes, build_reformulations, plan_hints,
@@ -45,11 +46,19 @@ def build(groups, num_new, rng_seed=0, **cfg):
 
 def test_config_defaults_are_the_papers():
   c = ReformulationConfig()
-  assert (c.threshold, c.aug_ratio, c.use_bcq, c.use_ncq, c.compress) == (0.5, 0.25, True, True,
-                                                                         True)
-  assert (c.raw_candidate_max_tokens, c.compression_max_new_tokens) == (512, 512)
+  assert (c.tau, c.aug_ratio, c.bcq, c.ncq, c.compress) == (0.5, 0.25, True, True, True)
+  assert (c.raw_candidate_max_tokens, c.compress_max_tokens, c.hint_max_tokens) == (512, 512, 512)
   assert c.cache_teacher_rollouts is False and c.prefix_fraction == 0.4
   assert c.cap(384) == 96 and c.cap(10) == 2 and c.cap(3) == 0
+
+
+def test_from_config_reads_the_rl_group_by_name():
+  rl = config_lib.base_config().rl
+  assert ReformulationConfig.from_config(rl, bcq=True, ncq=True) == ReformulationConfig()
+  rl.tau, rl.raw_candidate_max_tokens, rl.hint_max_tokens = 0.25, 7, 9
+  c = ReformulationConfig.from_config(rl, bcq=False, ncq=True)
+  assert (c.tau, c.bcq, c.raw_candidate_max_tokens, c.compress_max_tokens, c.hint_max_tokens) == (
+      0.25, False, 7, 512, 9)
 
 
 def test_hard_set_is_strictly_below_threshold():
@@ -190,8 +199,8 @@ def test_compression_off_truncates_raw_candidates():
 
 def test_switches_and_format_instruction_stripping():
   g = group("a", 0.0, teacher=GOOD_T, question="What? Let's think step by step.")
-  assert [r.kind for r in build([g], 400, use_bcq=False)] == ["ncq"]
-  assert [r.kind for r in build([g], 400, use_ncq=False)] == ["bcq"]
+  assert [r.kind for r in build([g], 400, bcq=False)] == ["ncq"]
+  assert [r.kind for r in build([g], 400, ncq=False)] == ["bcq"]
   (bcq, _) = build([g], 400)
   assert bcq.prompt_text.startswith("What?\n\nHere are two candidate")
   (bcq, _) = build([g], 400, strip_format_instructions=False)
@@ -291,7 +300,7 @@ def test_precap_counts_only_questions_that_admit_the_methods_reformulation():
   groups = [group("a", 0.0, teacher=BAD_T), group("b", 0.0, teacher=BAD_T),
             group("c", 0.25, teacher=teacher)]
   cfg = ReformulationConfig()
-  assert [(r.qid, r.kind) for r in build(groups, 4, use_ncq=False)] == [("c", "bcq")]
+  assert [(r.qid, r.kind) for r in build(groups, 4, ncq=False)] == [("c", "bcq")]
   assert [(r.qid, r.kind) for r in build(groups, 4)] == [("a", "ncq")]
   assert plan_hints(groups, 4, cfg, random.Random(0)).groups[0].qid == "c"
   assert [r.qid for r in build_prefixes(groups, 4, cfg, random.Random(0))] == ["c"]

@@ -1,4 +1,4 @@
-"""Policy and distillation losses: pure, jittable, registered by name.
+"""Policy and distillation losses: pure, jittable; the policy losses and KL estimators by name.
 
 The policy loss is the PPO clipped surrogate the paper trains with (§3 of ZPPO_SPEC.md):
 
@@ -20,7 +20,9 @@ The distillation baselines use the generalised Jensen-Shannon divergence per tok
 
   M = (1 − β) P_S + β P_T,   JSD_β = β KL(P_T ‖ M) + (1 − β) KL(P_S ‖ M),
 
-which is the symmetric JSD at β = 0.5.
+which is the symmetric JSD at β = 0.5. The learner computes it vocabulary-chunked from hidden
+states (`zppo_jax.rl.logprobs.chunked_jsd`); `jsd_loss` is the same loss on full logits, its
+reference.
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ import jax.numpy as jnp
 Array = jax.Array
 
 POLICY_LOSSES: dict[str, Callable] = {}
-DISTILLATION_LOSSES: dict[str, Callable] = {}
 KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
@@ -54,13 +55,6 @@ def get_policy_loss(name: str) -> Callable:
   if name not in POLICY_LOSSES:
     raise KeyError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}")
   return POLICY_LOSSES[name]
-
-
-def get_distillation_loss(name: str) -> Callable:
-  """Returns the distillation loss registered as `name`."""
-  if name not in DISTILLATION_LOSSES:
-    raise KeyError(f"unknown distillation loss {name!r}; known: {sorted(DISTILLATION_LOSSES)}")
-  return DISTILLATION_LOSSES[name]
 
 
 # --- KL estimators of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3). ---
@@ -278,10 +272,9 @@ def jsd_per_token(student_logits: Array, teacher_logits: Array, beta: float = 0.
   return beta * kl_t + (1.0 - beta) * kl_s
 
 
-@register(DISTILLATION_LOSSES, "jsd")
 def jsd_loss(student_logits: Array, teacher_logits: Array, mask: Array, beta: float = 0.5, *,
              weights: Array | None = None) -> Array:
-  """Token-mean generalised JSD (the Off/On-Distill baselines' loss).
+  """Token-mean generalised JSD (the Off/On-Distill baselines' loss) on full logits.
 
   Args:
     student_logits: float[B, T, V].

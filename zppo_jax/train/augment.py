@@ -58,16 +58,6 @@ def make_buffer(config) -> ReplayBuffer:
                       num_processes=jax.process_count(), process_index=jax.process_index())
 
 
-def reformulation_config(config, flags: MethodFlags) -> reformulate.ReformulationConfig:
-  rl = config.rl
-  return reformulate.ReformulationConfig(
-      threshold=rl.tau, aug_ratio=rl.aug_ratio, use_bcq=flags.bcq, use_ncq=flags.ncq,
-      compress=rl.compress,
-      raw_candidate_max_tokens=rl.compress_max_tokens,
-      compression_max_new_tokens=rl.compress_max_tokens,
-      cache_teacher_rollouts=rl.cache_teacher_rollouts, prefix_fraction=rl.prefix_fraction)
-
-
 def question_groups(plain: Sequence[Group], teacher: Sequence[Group], num_new: int
                     ) -> list[reformulate.QuestionGroup]:
   """The core's view of the step: plain rollouts, and teacher rollouts for the hard ones."""
@@ -104,14 +94,14 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
     vision: the student's image preprocessing (None: text model); a reformulated prompt then
       carries its question's images.
   """
-  rcfg = reformulation_config(config, flags)
+  rcfg = reformulate.ReformulationConfig.from_config(config.rl, bcq=flags.bcq, ncq=flags.ncq)
   groups = question_groups(plain, teacher, num_new)
   records = {g.qid: g.record for g in plain}
   metrics: dict[str, float] = {}
   if flags.bcq or flags.ncq:
     plan = reformulate.plan_reformulations(groups, num_new, rcfg, rng,
                                            truncate=_token_truncate(tokenizer))
-    outputs = (teacher_text(plan.compression_prompts, rcfg.compression_max_new_tokens)
+    outputs = (teacher_text(plan.compression_prompts, rcfg.compress_max_tokens)
                if rcfg.compress and plan.compression_prompts else [])
     reforms = plan.finalize(outputs)
     metrics.update({"reform/dropped": plan.num_dropped,
@@ -120,7 +110,7 @@ def build_specs(plain: Sequence[Group], teacher: Sequence[Group], num_new: int, 
                                                    for o in outputs)})
   elif flags.hint:
     plan = reformulate.plan_hints(groups, num_new, rcfg, rng)
-    outputs = (teacher_text(plan.hint_prompts, rcfg.compression_max_new_tokens)
+    outputs = (teacher_text(plan.hint_prompts, rcfg.hint_max_tokens)
                if plan.hint_prompts else [])
     reforms = plan.finalize(outputs)
     metrics["reform/empty_candidates"] = sum(not r.meta["hint"] for r in reforms)
@@ -173,7 +163,7 @@ def diagnostics(plain: Sequence[Group], teacher: Sequence[Group], extra: Sequenc
   rollouts = {(g.qid, g.kind): [reformulate.Rollout.of(t, r) for t, r in zip(g.texts, g.rewards)]
               for g in extra}
   out = step_diagnostics(question_groups(plain, teacher, num_new), reforms, rollouts,
-                         threshold=tau)
+                         tau=tau)
   return {"diag/" + k: v for k, v in out.items()}
 
 

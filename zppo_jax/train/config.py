@@ -138,7 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.policy_loss = "ppo"         # by name in rl.losses.POLICY_LOSSES
   c.rl.cache_teacher_rollouts = False
   c.rl.compress = True
-  c.rl.compress_max_tokens = 512
+  # Token budgets of the candidates and the teacher's text jobs (shared/ZPPO_SPEC.md §4).
+  c.rl.compress_max_tokens = 512       # §4: a compression call's max new tokens
+  c.rl.raw_candidate_max_tokens = 512  # §4: compression off, a raw candidate is cut to 512 tokens
+  c.rl.hint_max_tokens = 512           # a Hint baseline call's max new tokens (512, issue 17)
   c.rl.prefix_fraction = 0.4
   c.rl.jsd_beta = 0.5
   c.rl.pack_row_len = 16_384      # tokens per packed training row (prompt + response fit one row)

@@ -35,7 +35,7 @@ def zero_advantage_fraction(groups: Mapping[Hashable, Sequence[float]]) -> float
 
 def step_diagnostics(groups: Sequence[QuestionGroup], reformulations: Sequence[Reformulation],
                      rollouts: Mapping[tuple[Hashable, str], Sequence[Rollout]],
-                     threshold: float = 0.5,
+                     tau: float = 0.5,
                      match: Callable[[str | None, str | None], bool] = same_answer
                      ) -> dict[str, float]:
   """Computes the step's diagnostics.
@@ -44,7 +44,7 @@ def step_diagnostics(groups: Sequence[QuestionGroup], reformulations: Sequence[R
     groups: the step's questions with plain (and, when hard, teacher) rollouts.
     reformulations: the step's BCQ/NCQ/hint/prefix prompts (their ``meta`` carries candidates).
     rollouts: the student rollouts on each reformulation, keyed ``(qid, kind)``.
-    threshold: τ, to find the hard questions.
+    tau: τ, to find the hard questions.
     match: answer equality used by the match and repeat rates.
 
   Returns:
@@ -84,7 +84,7 @@ def step_diagnostics(groups: Sequence[QuestionGroup], reformulations: Sequence[R
   out["ncq/accuracy"] = _rate(counts["ncq_right"], counts["ncq_n"])
   out["ncq/repeat_wrong"] = _rate(counts["repeat"], counts["ncq_n"])
 
-  hard = [g for g in groups if g.plain_accuracy < threshold and g.teacher_rollouts]
+  hard = [g for g in groups if g.plain_accuracy < tau and g.teacher_rollouts]
   teacher = [r for g in hard for r in g.teacher_rollouts]
   out["teacher/success_rate"] = _rate(sum(r.correct for r in teacher), len(teacher))
   out["teacher/any_correct_rate"] = _rate(

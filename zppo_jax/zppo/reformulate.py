@@ -23,7 +23,7 @@ or in one call with a callable: ``build_reformulations(groups, num_new, config, 
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from zppo_jax.rewards.extract import extract_answer, strip_think
@@ -88,15 +88,19 @@ class QuestionGroup:
 class ReformulationConfig:
   """The reformulation rules; every paper "Decision" is a field with the spec's default.
 
+  The fields carry the names of the run config's ``rl`` group (`from_config`), and ``bcq`` /
+  ``ncq`` those of the method's flags (`zppo_jax.train.config.MethodFlags`).
+
   Attributes:
-    threshold: τ, a question is hard when r̄_x < τ.
+    tau: τ, a question is hard when r̄_x < τ.
     aug_ratio: ρ_aug; the pre-cap (questions) and the post-cap (prompts) are ⌊ρ_aug·|X_new|⌋.
-    use_bcq: build BCQ prompts.
-    use_ncq: build NCQ prompts.
+    bcq: build BCQ prompts.
+    ncq: build NCQ prompts.
     compress: compress candidates with the teacher (§4); off = the raw rollout without its
       ``<think>`` part, truncated to ``raw_candidate_max_tokens``.
     raw_candidate_max_tokens: the truncation length when compression is off.
-    compression_max_new_tokens: the teacher's budget for one compression (for the trainer).
+    compress_max_tokens: the teacher's budget for one compression (for the trainer).
+    hint_max_tokens: the teacher's budget for one Hint baseline hint (for the trainer).
     cache_teacher_rollouts: keep correct teacher rollouts per question across visits (an option
       beyond the paper, off). The teacher is sampled on every visit either way; when on, the
       trainer's `zppo_jax.zppo.teacher_cache.TeacherRolloutCache` adds the correct rollouts of
@@ -104,13 +108,14 @@ class ReformulationConfig:
     prefix_fraction: the Prefix baseline forces this fraction of a correct teacher rollout.
     strip_format_instructions: remove upstream format instructions from questions.
   """
-  threshold: float = 0.5
+  tau: float = 0.5
   aug_ratio: float = 0.25
-  use_bcq: bool = True
-  use_ncq: bool = True
+  bcq: bool = True
+  ncq: bool = True
   compress: bool = True
   raw_candidate_max_tokens: int = 512
-  compression_max_new_tokens: int = templates.COMPRESSION_MAX_NEW_TOKENS
+  compress_max_tokens: int = templates.COMPRESSION_MAX_NEW_TOKENS
+  hint_max_tokens: int = 512
   cache_teacher_rollouts: bool = False
   prefix_fraction: float = 0.4
   strip_format_instructions: bool = True
@@ -120,6 +125,22 @@ class ReformulationConfig:
       raise ValueError(f"aug_ratio must be >= 0, got {self.aug_ratio}")
     if not 0.0 < self.prefix_fraction <= 1.0:
       raise ValueError(f"prefix_fraction must be in (0, 1], got {self.prefix_fraction}")
+
+  @classmethod
+  def from_config(cls, rl: Mapping[str, Any], *, bcq: bool, ncq: bool) -> "ReformulationConfig":
+    """The rules of a run: every field is the ``rl`` config field of the same name.
+
+    Args:
+      rl: the run config's ``rl`` group (`zppo_jax.train.config.base_config`).
+      bcq, ncq: the method's flags (not ``rl`` fields); ``strip_format_instructions`` keeps
+        its default (always on in a run).
+
+    Raises:
+      KeyError: a field missing from ``rl``.
+    """
+    own = {"bcq", "ncq", "strip_format_instructions"}
+    return cls(bcq=bcq, ncq=ncq,
+               **{f.name: rl[f.name] for f in dataclasses.fields(cls) if f.name not in own})
 
   def cap(self, num_new: int) -> int:
     """⌊ρ_aug·|X_new|⌋ (a tiny epsilon so 0.25·384 is 96, not 95 by rounding)."""
@@ -160,7 +181,7 @@ def select_hard(groups: Sequence[QuestionGroup], num_new: int, config: Reformula
   """X_hard ranked hardest first (stable) and pre-capped to ⌊ρ_aug·|X_new|⌋ questions among
   those that `admits` (App. C: a question that admits no reformulation of the method takes no
   slot)."""
-  hard = [g for g in groups if g.plain_accuracy < config.threshold and admits(g)]
+  hard = [g for g in groups if g.plain_accuracy < config.tau and admits(g)]
   hard.sort(key=lambda g: g.plain_accuracy)  # Stable: ties keep the input order.
   return hard[:config.cap(num_new)]
 
@@ -172,7 +193,7 @@ def _has_correct_teacher(g: QuestionGroup) -> bool:
 def admits_bcq_or_ncq(config: ReformulationConfig) -> Callable[[QuestionGroup], bool]:
   """Whether a hard question admits a reformulation: with NCQ on, every one does (it has a wrong
   rollout); with BCQ only, one with a correct teacher and a wrong student rollout."""
-  if config.use_ncq:
+  if config.ncq:
     return lambda g: True
   return lambda g: _has_correct_teacher(g) and any(not r.correct for r in g.student_rollouts)
 
@@ -276,7 +297,7 @@ def plan_reformulations(groups: Sequence[QuestionGroup], num_new: int,
   Returns:
     The plan; call `ReformulationPlan.finalize` with the teacher's outputs.
   """
-  hard = [g for g in groups if g.plain_accuracy < config.threshold]
+  hard = [g for g in groups if g.plain_accuracy < config.tau]
   kept = select_hard(groups, num_new, config, admits_bcq_or_ncq(config))
   pool = config.cap(num_new)
   pending: list[_Pending] = []
@@ -287,9 +308,9 @@ def plan_reformulations(groups: Sequence[QuestionGroup], num_new: int,
     skipped += not wrong
     right_teacher = [r for r in g.teacher_rollouts if r.correct]
     instances: list[Kind] = []
-    if config.use_bcq and wrong and right_teacher:
+    if config.bcq and wrong and right_teacher:
       instances.append("bcq")
-    if config.use_ncq and wrong:
+    if config.ncq and wrong:
       instances.append("ncq")
     for kind in instances:
       if full or len(pending) >= pool:
