@@ -35,6 +35,7 @@ def demo_fields() -> ml_collections.ConfigDict:
   d.student_sft_levels = (1, 2)
   d.teacher_sft_levels = (1, 2, 3)
   d.sft_examples_per_level = 2000
+  d.practice_examples = 2000   # the student's BCQ practice with rare letters (letter_code)
   d.student_sft_steps = 400
   d.teacher_sft_steps = 400
   d.student_sft_batch = 32   # examples per SFT step
@@ -50,7 +51,21 @@ def demo_fields() -> ml_collections.ConfigDict:
   return d
 
 
+ARGS = ("tiny", "visual", "compare")
+
+
+def _parts(arg: str) -> set[str]:
+  """`tiny`, `visual`, `compare`, or a comma-joined combination (`tiny,compare`: the comparison
+  at the smoke-test size, as CI runs it)."""
+  parts = set(filter(None, arg.split(",")))
+  if parts - set(ARGS):
+    raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '', 'tiny', 'visual', "
+                     "'compare' or a comma-joined combination such as 'tiny,compare')")
+  return parts
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  parts = _parts(arg)
   c = base_config()
   c.demo = demo_fields()
   c.name = "demo"
@@ -77,7 +92,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.lr = 1e-4
   c.optim.state_dtype = "float32"
   c.demo.cache_dir = "runs/.demo_cache"
-  if arg in ("tiny", "visual"):
+  if parts & {"tiny", "visual"}:
     c.name = "demo_tiny"
     c.total_steps = 2
     c.checkpoint_every = 1
@@ -89,12 +104,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sampling.max_new_tokens = c.sampling.teacher_max_new_tokens = 24
     c.demo.num_train = 256
     c.demo.num_eval = 8
-    c.demo.sft_examples_per_level = 50
+    c.demo.sft_examples_per_level = c.demo.practice_examples = 50
     c.demo.student_sft_steps = 2
     c.demo.teacher_sft_steps = 2
     c.demo.student_hidden = c.demo.teacher_hidden = 32  # One shape: student and teacher share
     c.rl.pack_row_len = 512                              # every compiled program.
-  if arg == "visual":
+  if "visual" in parts:
     c.name = "demo_visual"
     c.demo.visual = True
     c.demo.train_levels = (1, 2)
@@ -103,11 +118,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Every image is 64 x 64 pixels: a 4 x 4 patch grid, 4 image tokens, one vision program.
     c.data.image_min_pixels = c.data.image_max_pixels = 64 * 64
     c.data.min_image_side = 32
-  elif arg not in ("", "tiny"):
-    raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '', 'tiny' or 'visual')")
+  if "compare" in parts:
+    c.name += "_compare"
   return c
 
 
-def get_hyper(h):
-  """The demo's comparison sweep: every method of the paper on the same task."""
+COMPARE_METHODS = ("grpo_replay", "zppo", "grpo")   # GRPO†, ZPPO, GRPO
+COMPARE_SEEDS = (0, 1)
+
+
+def get_hyper(h, arg: str = ""):
+  """`configs/demo.py`: every method of the paper on the same task, one seed.
+  `configs/demo.py:compare`: GRPO†, ZPPO and GRPO on each of `COMPARE_SEEDS` (a seed builds its
+  own task split and warm starts), for `zppo sweep report`'s side-by-side diagnostics."""
+  if "compare" in _parts(arg):
+    return h.product([h.sweep("config.seed", COMPARE_SEEDS),
+                      h.sweep("config.method", COMPARE_METHODS)])
   return h.product([h.sweep("config.method", sorted(METHODS))])

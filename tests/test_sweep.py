@@ -264,6 +264,57 @@ def test_report_from_fabricated_workdirs(toy):
     assert p.exists() and (p.suffix != ".png" or p.read_bytes()[:4] == b"\x89PNG")
 
 
+COMPARE_HYPER = '''def get_hyper(h, arg=""):
+  if arg == "compare":
+    return h.product([h.sweep("config.seed", [0, 1]),
+                      h.sweep("config.method", ["grpo_replay", "zppo"])])'''
+
+
+def test_compare_report_over_seeds_with_the_paper_diagnostics(tmp_path):
+  """`path:compare` reaches get_hyper; the report gives each method's mean and spread over
+  seeds of held-out accuracy per subset, 0%-entry graduations, BCQ/NCQ built and solved, and
+  the zero-advantage fraction."""
+  from zppo_jax.sweep import report
+  path = tmp_path / "cmp.py"
+  path.write_text(CONFIG.replace("def get_hyper(h):", COMPARE_HYPER))
+  plan = runner.make_plan(f"{path}:compare", root=str(tmp_path / "runs"))
+  assert [v.name for v in plan.variants] == [
+      "seed=0,method=grpo_replay", "seed=0,method=zppo", "seed=1,method=grpo_replay",
+      "seed=1,method=zppo"]
+  for v in plan.variants:
+    seed, zppo = int(v.point["config.seed"]), int(v.point["config.method"] == "zppo")
+    workdir = plan.workdir(v)
+    workdir.mkdir(parents=True)
+    rows = [{"step": s, "reward/plain": 0.5, "groups/bcq": 2 * zppo, "solved/bcq": zppo,
+             "groups/ncq": 3 * zppo, "solved/ncq": 0, "zero_adv_frac/plain": 0.5 + 0.1 * s,
+             "buffer/admitted_bin/0.0000": 10, "buffer/graduated_bin/0.0000": (6 + seed) * zppo,
+             "buffer/admitted_total": 12, "buffer/graduated_total": (6 + seed) * zppo}
+            for s in (1, 2)]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    after = 0.1 + 0.3 * zppo + 0.1 * seed
+    (workdir / "summary.json").write_text(json.dumps({
+        "eval_before": {"eval/accuracy": 0.3, "eval/accuracy/level3": 0.0},
+        "eval_after": {"eval/accuracy": 0.4, "eval/accuracy/level3": after}}))
+  out = report.write_report(plan, plan.variants)
+  got = {r["variant"]: r for r in out["rows"]}
+  zppo0 = got["seed=0,method=zppo"]
+  assert (zppo0["admitted_0"], zppo0["graduated_0"]) == (10, 6)
+  assert got["seed=0,method=grpo_replay"]["graduated_0"] == 0
+  assert (zppo0["bcq_built"], zppo0["bcq_solved"], zppo0["ncq_built"]) == (4, 2, 6)
+  assert zppo0["zero_adv_plain"] == pytest.approx(0.65)
+  assert zppo0["heldout_level3_before"] == 0.0
+  assert zppo0["heldout_level3_after"] == pytest.approx(0.4)
+  seeds = {r["variant"]: r for r in report.over_seeds(plan.variants, out["rows"])}
+  assert list(seeds) == ["method=grpo_replay", "method=zppo"]
+  assert seeds["method=zppo"]["seeds"] == 2
+  assert seeds["method=zppo"]["graduated_0"] == pytest.approx(6.5)
+  assert seeds["method=zppo"]["graduated_0_spread"] == pytest.approx(1.0)
+  assert seeds["method=zppo"]["heldout_level3_after"] == pytest.approx(0.45)
+  assert seeds["method=zppo"]["heldout_level3_after_spread"] == pytest.approx(0.1)
+  assert "Over seeds" in out["markdown"] and "| method=zppo | 2 |" in out["markdown"]
+  assert {"heldout.png", "graduations.png", "rewards.png"} <= {p.name for p in out["paths"]}
+
+
 # --- the command line ---
 
 def test_cli_dry_run_status_and_errors(toy, capsys):
@@ -358,25 +409,31 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(not os.environ.get("ZPPO_SWEEP_E2E"),
                     reason="minutes on a loaded 2-core machine; set ZPPO_SWEEP_E2E=1 to run")
-def test_two_methods_end_to_end_with_the_real_trainer(tmp_path, capsys):
-  common = [f"--workdir={tmp_path / 'runs'}", "--only=method=grpo|method=zppo",
+def test_the_demo_comparison_end_to_end_with_the_real_trainer(tmp_path, capsys):
+  """`configs/demo.py:tiny,compare` (the comparison at the smoke-test size): GRPO† and ZPPO on
+  two seeds, skipped when finished, and a report over seeds."""
+  common = [f"--workdir={tmp_path / 'runs'}", "--only=method=grpo_replay|method=zppo",
             "--config.total_steps=1", f"--config.demo.cache_dir={tmp_path / 'demo'}",
             f"--config.compilation_cache_dir={ROOT / '.jax_cache'}",
             "--config.async_checkpointing=False"]
-  config = ["--config=configs/demo.py:tiny"]
+  config = ["--config=configs/demo.py:tiny,compare"]
+  names = [f"seed={s},method={m}" for s in (0, 1) for m in ("grpo_replay", "zppo")]
   assert sweep_main.main([*config, "--in-process", *common]) == 0
   assert sweep_main.main(["status", *config, *common]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert any(line.startswith("method=grpo ") and "finished" in line and "1/1" in line
-             for line in lines)
-  assert any(line.startswith("method=zppo ") and "finished" in line for line in lines)
+  for name in names:
+    assert any(line.startswith(name + " ") and "finished" in line and "1/1" in line
+               for line in lines), name
   # A second call trains nothing: the metrics files are untouched.
-  paths = [tmp_path / "runs" / m / "metrics.jsonl" for m in ("method=grpo", "method=zppo")]
+  paths = [tmp_path / "runs" / name / "metrics.jsonl" for name in names]
   stamps = [p.stat().st_mtime_ns for p in paths]
   assert sweep_main.main([*config, *common]) == 0
   assert [p.stat().st_mtime_ns for p in paths] == stamps
   assert "skipped, finished (1/1 steps)" in capsys.readouterr().err
   assert sweep_main.main(["report", *config, *common, "--no-plots"]) == 0
+  out = capsys.readouterr().out
   rows = {r["variant"]: r for r in csv.DictReader((tmp_path / "runs" / "sweep_report.csv").open())}
-  assert set(rows) == {"method=grpo", "method=zppo"}
+  assert set(rows) == set(names)
   assert all(r["state"] == "finished" and r["reward"] != "" for r in rows.values())
+  assert all(r["heldout_level3_after"] != "" and r["admitted_0"] != "" for r in rows.values())
+  assert "Over seeds" in out and "| method=zppo | 2 |" in out and "| method=grpo_replay | 2 |" in out

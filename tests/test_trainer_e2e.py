@@ -71,6 +71,22 @@ def trainer_stop(tok):
   return {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
 
 
+def test_effect_line_names_the_lowest_subset_and_zero_entry_graduations():
+  summary = {"method": "zppo",
+             "eval_before": {"eval/accuracy": 0.5, "eval/accuracy/level1": 0.9,
+                             "eval/accuracy/level3": 0.02},
+             "eval_after": {"eval/accuracy": 0.6, "eval/accuracy/level1": 0.9,
+                            "eval/accuracy/level3": 0.35}}
+  last = {"buffer/admitted_bin/0.0000": 20, "buffer/graduated_bin/0.0000": 14}
+  assert run.effect_line(summary, last) == (
+      "effect (zppo): level3 held-out 0.02 -> 0.35; 14 of 20 questions that entered the buffer "
+      "at 0% accuracy graduated")
+  summary = {"method": "grpo", "eval_before": {"eval/accuracy": 0.1},
+             "eval_after": {"eval/accuracy": 0.2}}
+  assert run.effect_line(summary, {}) == "effect (grpo): held-out 0.10 -> 0.20"
+  assert run.effect_line({"method": "grpo"}, {}) == ""
+
+
 @pytest.mark.parametrize("method", ["zppo", "prefix", "off_distill", "on_distill"])
 def test_methods_on_the_tiny_model(trainer_factory, method):
   trainer = trainer_factory(method)
@@ -122,8 +138,11 @@ def _wait_for_rows(workdir, proc, n):
 
 def test_resume_after_sigkill_and_sigterm_is_exact_then_export(demo_cache, tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(_train_cmd(full, demo_cache, 3), cwd=ROOT, env=_env(), check=True,
-                 capture_output=True)
+  first = subprocess.run(_train_cmd(full, demo_cache, 3), cwd=ROOT, env=_env(), check=True,
+                         capture_output=True, text=True)
+  # The end of a run names the effect: per-level held-out accuracy, 0%-entry graduations.
+  assert "held-out accuracy (level3):" in first.stderr
+  assert "effect (zppo): level" in first.stderr and "held-out" in first.stderr
   # SIGKILL during the run: nothing is saved on the way out.
   proc = subprocess.Popen(_train_cmd(killed, demo_cache, 3), cwd=ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -262,6 +262,7 @@ def _user_record(row, fields, name, path, seen, budget, config) -> dict:
     raise row
   mapped = {key: get_field(row, column) for key, column in fields.items()}
   mapped.setdefault("choices", row.get("choices"))     # multiple-choice options, for grading
+  mapped.setdefault("subset", row.get("subset"))       # a `subset` column is read when present
   fields_ok = rows.validate_row(mapped, seen, path.parent)
   answer = fields_ok["answer"]
   if config.max_answer_chars and len(answer) > config.max_answer_chars:

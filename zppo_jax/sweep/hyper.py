@@ -209,8 +209,9 @@ def make_variants(points: Sequence[Point]) -> list[Variant]:
 
 
 def load_hyper(config_path: str) -> list[Point]:
-  """Calls `get_hyper(Hyper)` of a config file (`path[:arg]`; the arg is not used here)."""
-  spec = config_path.partition(":")[0]
+  """Calls `get_hyper(Hyper)` of a config file, or `get_hyper(Hyper, arg)` for `path:arg` (the
+  same argument `get_config` gets: `configs/demo.py:compare` names the demo's comparison)."""
+  spec, _, arg = config_path.partition(":")
   path = pathlib.Path(spec)
   if not path.exists():
     raise FileNotFoundError(f"config file {spec} does not exist")
@@ -219,7 +220,7 @@ def load_hyper(config_path: str) -> list[Point]:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_hyper"):
     raise ValueError(f"{spec} has no get_hyper(h): it defines no sweep")
-  points = module.get_hyper(Hyper)
+  points = module.get_hyper(Hyper, arg) if arg else module.get_hyper(Hyper)
   if not points or not all(isinstance(p, dict) for p in points):
     raise ValueError(f"get_hyper of {spec} must return a non-empty list of dicts, got {points!r}")
   for p in points:

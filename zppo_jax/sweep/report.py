@@ -5,11 +5,16 @@ Writes into the sweep's root directory (or `--out`, needed when the root is `gs:
   training metrics (from `metrics.jsonl` and `summary.json`) and, where the variant's workdir holds
   an evaluation (`WORKDIR/eval/report.json`, or `WORKDIR/*/report.json`, as written by
   `zppo eval --out`), the family averages.
-- `plots/rewards.png`: `reward/plain` (and held-out accuracy) over steps, one curve per variant,
-  one panel per part of the sweep (the method comparison, the I ablation, ...).
+- `plots/rewards.png`: `reward/plain` (and held-out accuracy, and the fraction of plain groups
+  with zero advantages) over steps, one curve per variant, one panel per part of the sweep (the
+  method comparison, the I ablation, ...).
 - `plots/by_<key>.png`: the final reward (and held-out accuracy) per value of each swept key, e.g.
   the paper's inner-iteration (I) and normalisation sweeps.
-- `plots/graduations.png`: replay-buffer admissions and graduations per variant (by method).
+- `plots/graduations.png`: replay-buffer admissions and graduations per variant (by method), and
+  the fraction graduated by plain accuracy at admission (the 0% bin first).
+- `plots/heldout.png`: held-out accuracy per subset (the demo's levels) before and after, per
+  variant.
+With `config.seed` swept, the report adds a table over seeds: each setting's mean and spread.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from etils import epath
 from zppo_jax.sweep import hyper, state as state_lib
 from zppo_jax.sweep import runner
 from zppo_jax.sweep.runner import Plan
+from zppo_jax.zppo import replay_buffer
 
 # Metrics columns: (column, metrics key, how) with how = "last" (final value) or "tail" (mean over
 # the last tenth of the steps, at least one step: smoother than one noisy step).
@@ -68,13 +74,15 @@ def variant_row(plan: Plan, variant: hyper.Variant) -> dict:
   row.update(state=status.state, step=status.step, total_steps=status.total_steps)
   for column, key, how in METRICS:
     row[column] = state_lib.last_value(rows, key) if how == "last" else _tail_mean(rows, key)
+  row.update(diagnostics(rows))
   summary_path = workdir / "summary.json"
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
     for when in ("before", "after"):
-      value = summary.get(f"eval_{when}", {}).get("eval/accuracy")
-      if value is not None:
-        row[f"heldout_{when}"] = float(value)
+      for key, value in summary.get(f"eval_{when}", {}).items():
+        if key == "eval/accuracy" or key.startswith("eval/accuracy/"):
+          subset = key[len("eval/accuracy"):].replace("/", "_")
+          row[f"heldout{subset}_{when}"] = float(value)
   report = find_eval_report(workdir)
   if report is not None:
     families = json.loads(report.read_text()).get("families", {})
@@ -86,6 +94,59 @@ def variant_row(plan: Plan, variant: hyper.Variant) -> dict:
   if variant.same_as:
     row["same_as"] = variant.same_as
   return row
+
+
+def diagnostics(rows: list[dict]) -> dict:
+  """The paper's diagnostics of one run from its metrics: buffer entries admitted at 0% plain
+  accuracy and how many graduated; BCQ / NCQ prompts built and solved (>= 1 correct rollout);
+  the mean fraction of plain groups with every advantage zero."""
+  last = rows[-1] if rows else {}
+  zero = replay_buffer.accuracy_bin(0.0)
+  out = {"admitted_0": state_lib.number(last.get(f"buffer/admitted_bin/{zero}")),
+         "graduated_0": state_lib.number(last.get(f"buffer/graduated_bin/{zero}"))}
+  if out["admitted_0"] is not None and out["graduated_0"] is None:
+    out["graduated_0"] = 0.0
+  for kind in ("bcq", "ncq"):
+    built = sum(state_lib.number(r.get(f"groups/{kind}")) or 0.0 for r in rows)
+    if built:
+      out[f"{kind}_built"] = built
+      out[f"{kind}_solved"] = sum(state_lib.number(r.get(f"solved/{kind}")) or 0.0 for r in rows)
+  fractions = [v for v in (state_lib.number(r.get("zero_adv_frac/plain")) for r in rows)
+               if v is not None]
+  if fractions:
+    out["zero_adv_plain"] = sum(fractions) / len(fractions)
+  return out
+
+
+SEED_KEY = "config.seed"
+CURVE_LABELS = {state_lib.REWARD_KEY: "mean reward, plain prompts",
+                "eval/accuracy": "held-out accuracy",
+                "zero_adv_frac/plain": "plain groups with zero advantages"}
+
+
+def over_seeds(variants: list[hyper.Variant], rows: list[dict]) -> list[dict]:
+  """With `config.seed` swept: one row per setting of the other keys, each numeric column as
+  the mean over seeds, its spread (max - min) beside it, and how many seeds finished."""
+  if not variants or SEED_KEY not in variants[0].swept:
+    return []
+  groups: dict[str, list[dict]] = {}
+  for v, r in zip(variants, rows):
+    groups.setdefault(_others(v, SEED_KEY) or "all", []).append(r)
+  seed_col = hyper.short_key(SEED_KEY, variants[0].swept)
+  out = []
+  for name, members in groups.items():
+    done = [r for r in members if r.get("state") == "done"] or members
+    row = {"variant": name, "seeds": len(done)}
+    for column in _columns(done):
+      values = [r.get(column) for r in done]
+      if column in ("variant", "step", "total_steps", seed_col) or not all(
+          isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+        continue
+      row[column] = sum(values) / len(values)
+      if len(values) > 1:
+        row[f"{column}_spread"] = max(values) - min(values)
+    out.append(row)
+  return out
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -154,7 +215,7 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
   for v in variants:
     parts.setdefault(tuple(k for k in v.swept if k in v.point), []).append(v)
   curves = {v.run_name: state_lib.read_rows(plan.workdir(v)) for v in variants}
-  keys = [k for k in (state_lib.REWARD_KEY, "eval/accuracy")
+  keys = [k for k in (state_lib.REWARD_KEY, "eval/accuracy", "zero_adv_frac/plain")
           if any(state_lib.number(r.get(k)) is not None for rs in curves.values() for r in rs)]
   if keys:
     fig, axes = plt.subplots(len(keys), len(parts), figsize=(6 * len(parts), 4 * len(keys)),
@@ -170,8 +231,7 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
           if pts:
             ax.plot(*zip(*pts), styles[i // 10 % 4], marker=".", color=f"C{i % 10}",
                     label=v.name + (f" (= {v.same_as})" if v.same_as else ""))
-        ylabel = ("mean reward, plain prompts" if key == state_lib.REWARD_KEY
-                  else "held-out accuracy")
+        ylabel = CURVE_LABELS[key]
         ax.set(xlabel="step", ylabel=ylabel, title=f"{ylabel} by {title}")
         if ax.lines:
           ax.legend(fontsize=7)
@@ -237,6 +297,24 @@ def write_plots(plan: Plan, variants: list[hyper.Variant], rows: list[dict],
              title="Graduation by entry accuracy", ylim=(0, 1.05))
       ax.legend(fontsize=6)
     save(fig, "graduations.png")
+
+  # Held-out accuracy per subset, before (light) and after (dark), one group of bars per variant.
+  subsets = sorted({c[len("heldout_"):-len("_after")] for r in rows for c in r
+                    if c.startswith("heldout_") and c.endswith("_after") and c != "heldout_after"})
+  if subsets:
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) * len(subsets) / 2 + 2), 4))
+    width = 0.8 / len(subsets)
+    for j, subset in enumerate(subsets):
+      xs = [i + (j - (len(subsets) - 1) / 2) * width for i in range(len(rows))]
+      ax.bar(xs, [r.get(f"heldout_{subset}_before") or 0.0 for r in rows], width,
+             color=f"C{j % 10}", alpha=0.3)
+      ax.bar(xs, [r.get(f"heldout_{subset}_after") or 0.0 for r in rows], width * 0.5,
+             color=f"C{j % 10}", label=f"{subset} (after; light: before)")
+    ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=30, ha="right",
+                  fontsize=8)
+    ax.set(ylabel="held-out accuracy", title="Held-out accuracy per subset", ylim=(0, 1.05))
+    ax.legend(fontsize=7)
+    save(fig, "heldout.png")
   return written
 
 
@@ -271,6 +349,9 @@ def write_report(plan: Plan, variants: list[hyper.Variant], plots: bool = True,
   rows = [variant_row(plan, v) for v in variants]
   out.mkdir(parents=True, exist_ok=True)
   md = markdown_table(rows)
+  seeds = over_seeds(variants, rows)
+  if seeds:
+    md += "\n\nOver seeds (mean; `_spread` = max - min):\n\n" + markdown_table(seeds)
   paths = [out / "sweep_report.md", out / "sweep_report.csv"]
   paths[0].write_text(f"# Sweep {plan.config_path}\n\n{md}\n")
   paths[1].write_text(csv_table(rows))

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 
-from zppo_jax.data import demo_task, demo_tokenizer, packing
+from zppo_jax.data import demo_task, demo_tokenizer, letter_code, packing
 from zppo_jax.zppo import templates
 
 
@@ -76,25 +76,51 @@ def _key(config) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _solution_pairs(records, rng: random.Random, with_candidates: bool) -> list[tuple[str, str]]:
-  """(user text, response) pairs: plain prompts, and optionally BCQ / NCQ prompts of them."""
+def _candidate(text: str) -> str:
+  """A rollout as a candidate with compression off: the text after the think block."""
+  return templates.strip_think(text).strip()
+
+
+CANDIDATE_EVERY = 4   # the student's warm start has BCQ / NCQ prompts of every 4th record
+
+
+def _student_pairs(records, code, rng: random.Random, practice: int) -> list[tuple[str, str]]:
+  """(user text, response) pairs of the student's warm start: plain prompts of the common levels,
+  BCQ / NCQ prompts of every `CANDIDATE_EVERY`-th, and `practice` BCQ prompts whose rare letters' digits are drawn per
+  example (the right candidate agrees with the common letters, the wrong one does not), so the
+  student learns to read candidates but no rare letter's digit."""
   pairs = []
-  for r in records:
-    a, b = demo_task.operands(r["question"])
-    response = demo_task.solution(a, b)
+  for i, r in enumerate(records):
+    word = letter_code.word_of(r["question"])
+    response = letter_code.solution(word, code)
     pairs.append((templates.rl_prompt(r["question"]), response))
-    if with_candidates:
-      wrong, _ = demo_task.wrong_solution(a, b, rng)
-      raw = lambda text: templates.strip_think(text).strip()  # noqa: E731  (compression off)
-      cands = [raw(response), raw(wrong)]
-      rng.shuffle(cands)
-      pairs.append((templates.rl_prompt(templates.bcq_prompt(r["question"], tuple(cands))),
-                    response))
-      wrongs = [demo_task.wrong_solution(a, b, rng)[0] for _ in range(rng.randint(1, 3))]
-      ncq = templates.ncq_prompt(r["question"], [_boxed(w) for w in wrongs],
-                                 [raw(w) for w in wrongs])
-      pairs.append((templates.rl_prompt(ncq), response))
+    if i % CANDIDATE_EVERY:
+      continue
+    wrongs = [letter_code.solution(word, letter_code.perturbed(word, code, rng))
+              for _ in range(rng.randint(1, 3))]
+    pairs.append((templates.rl_prompt(_bcq(r["question"], response, wrongs[0], rng)), response))
+    ncq = templates.ncq_prompt(r["question"], [_boxed(w) for w in wrongs],
+                               [_candidate(w) for w in wrongs])
+    pairs.append((templates.rl_prompt(ncq), response))
+  for _ in range(practice):
+    word = letter_code.practice_word(rng)
+    local = dict(code, **{c: rng.randint(1, 9) for c in letter_code.RARE})
+    common = [i for i, c in enumerate(word) if c in letter_code.COMMON]
+    wrong = dict(local)
+    while letter_code.spell(word, wrong) == letter_code.spell(word, local):
+      wrong = letter_code.perturbed(word, local, rng, positions=common or None)
+      wrong.update({c: rng.randint(1, 9) for c in letter_code.RARE})
+    response = letter_code.solution(word, local)
+    q = letter_code.question(word)
+    pairs.append((templates.rl_prompt(_bcq(q, response, letter_code.solution(word, wrong), rng)),
+                  response))
   return pairs
+
+
+def _bcq(question: str, right: str, wrong: str, rng: random.Random) -> str:
+  cands = [_candidate(right), _candidate(wrong)]
+  rng.shuffle(cands)
+  return templates.bcq_prompt(question, tuple(cands))
 
 
 def _boxed(text: str) -> str:
@@ -131,25 +157,30 @@ def _build(config, root: pathlib.Path, stream) -> None:
 
   demo = config.demo
   root.mkdir(parents=True, exist_ok=True)
+  code = letter_code.make_code(config.seed)
+  pools = letter_code.split_words(config.seed, held_out=int(demo.num_eval))
   if demo.visual:
     train = demo_task.visual_records(demo.train_levels, demo.num_train, config.seed,
                                      root / "images", demo.image_size, prefix="train")
     held_out = demo_task.visual_records([demo.eval_level], demo.num_eval, config.seed + 1,
                                         root / "images", demo.image_size, prefix="eval")
   else:
-    train = demo_task.records(demo.train_levels, demo.num_train, config.seed, prefix="train")
-    held_out = demo_task.records([demo.eval_level], demo.num_eval, config.seed + 1,
-                                 prefix="eval")
+    train = letter_code.records(demo.train_levels, demo.num_train, config.seed, code,
+                                {lvl: pools[lvl][0] for lvl in pools}, prefix="train")
+    held_out = [letter_code.record(f"eval{lvl}-{i}", w, lvl, code)
+                for lvl in demo.train_levels for i, w in enumerate(pools[lvl][1])]
   demo_task.write_jsonl(train, root / "train.jsonl")
   demo_task.write_jsonl(held_out, root / "eval.jsonl")
   rng = random.Random(config.seed)
-  sft_levels = sorted(set(demo.student_sft_levels) | set(demo.teacher_sft_levels))
-  sft_records = {lvl: demo_task.records([lvl], demo.sft_examples_per_level, config.seed + 2 + lvl,
-                                        prefix="sft") for lvl in sft_levels}
-  student_pairs = _solution_pairs([r for lvl in demo.student_sft_levels
-                                   for r in sft_records[lvl]], rng, with_candidates=True)
-  teacher_pairs = _solution_pairs([r for lvl in demo.teacher_sft_levels
-                                   for r in sft_records[lvl]], rng, with_candidates=False)
+  training_pools = {lvl: pools[lvl][0] for lvl in pools}
+  sft_records = {lvl: letter_code.records([lvl], demo.sft_examples_per_level, config.seed + 2 + lvl,
+                                          code, training_pools, prefix="sft")
+                 for lvl in sorted(set(demo.student_sft_levels) | set(demo.teacher_sft_levels))}
+  student_pairs = _student_pairs([r for lvl in demo.student_sft_levels for r in sft_records[lvl]],
+                                 code, rng, practice=int(demo.practice_examples))
+  teacher_pairs = [(templates.rl_prompt(r["question"]),
+                    letter_code.solution(letter_code.word_of(r["question"]), code))
+                   for lvl in demo.teacher_sft_levels for r in sft_records[lvl]]
   corpus = [u + "\n" + a for u, a in student_pairs + teacher_pairs] + [
       templates.compression_prompt("x"), templates.hint_prompt("x"), "user\nassistant\n"]
   if demo.visual:

@@ -21,6 +21,7 @@ from etils import epath
 from zppo_jax import distributed, parallel
 from zppo_jax.train.config_check import parse_checked
 from zppo_jax.train.model_io import load_model, load_tokenizer
+from zppo_jax.zppo import replay_buffer
 
 DISTRIBUTED_FLAGS = {"coordinator": "", "num_processes": "", "process_id": ""}
 
@@ -159,11 +160,36 @@ def print_summary(summary: dict, workdir: epath.PathLike, stream) -> None:
                    f"{signal}")
   hard_fail = sum(r.get("groups/plain", 0) - r.get("solved/plain", 0) for r in rows)
   lines.append(f"  plain groups where every rollout failed (no signal for GRPO): {hard_fail}")
-  before = summary.get("eval_before", {}).get("eval/accuracy")
-  after = summary.get("eval_after", {}).get("eval/accuracy")
-  if before is not None and after is not None:
-    lines.append(f"  held-out accuracy: {before:.3f} before -> {after:.3f} after")
+  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+  subsets = [k for k in after if k.startswith("eval/accuracy/") and k in before]
+  for key in ["eval/accuracy", *subsets]:
+    if key in before and key in after:
+      name = key.rsplit("/", 1)[-1] if key in subsets else "all"
+      lines.append(f"  held-out accuracy ({name}): {before[key]:.3f} before -> "
+                   f"{after[key]:.3f} after")
   print("\n".join(lines), file=stream)
+  effect = effect_line(summary, rows[-1] if rows else {})
+  if effect:
+    print(effect, file=stream)
+
+
+def effect_line(summary: dict, last: dict) -> str:
+  """The run's effect in one line: the held-out accuracy of the subset that started lowest
+  (the demo's hard level), and how many buffer entries admitted at 0% accuracy graduated."""
+  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+  parts = []
+  subsets = [k for k in before if k.startswith("eval/accuracy/") and k in after]
+  key = min(subsets, key=lambda k: before[k]) if subsets else "eval/accuracy"
+  if key in before and key in after:
+    name = key.rsplit("/", 1)[-1] + " " if subsets else ""
+    parts.append(f"{name}held-out {before[key]:.2f} -> {after[key]:.2f}")
+  zero = replay_buffer.accuracy_bin(0.0)
+  admitted = int(last.get(f"buffer/admitted_bin/{zero}", 0) or 0)
+  if admitted:
+    graduated = int(last.get(f"buffer/graduated_bin/{zero}", 0) or 0)
+    parts.append(f"{graduated} of {admitted} questions that entered the buffer at 0% accuracy "
+                 f"graduated")
+  return f"effect ({summary.get('method')}): " + "; ".join(parts) if parts else ""
 
 
 def main(argv: list[str]) -> int:

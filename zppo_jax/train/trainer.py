@@ -330,8 +330,15 @@ class Trainer:
     if not self.eval_records:
       return {}
     groups = self._rollouts(self._plain_specs(self.eval_records), 10**6 + step, {})
-    return {"eval/accuracy": float(np.mean([g.accuracy for g in groups])),
-            "eval/solved": int(sum(g.accuracy > 0 for g in groups))}
+    out = {"eval/accuracy": float(np.mean([g.accuracy for g in groups])),
+           "eval/solved": int(sum(g.accuracy > 0 for g in groups))}
+    by_subset: dict[str, list[float]] = {}
+    for record, g in zip(self.eval_records, groups):
+      by_subset.setdefault(str(record.get("subset", "")), []).append(g.accuracy)
+    if len(by_subset) > 1:    # Held-out accuracy per subset (the demo's levels, ZPPO-77K's sets).
+      out.update({f"eval/accuracy/{name}": float(np.mean(values))
+                  for name, values in sorted(by_subset.items())})
+    return out
 
   def train(self) -> dict:
     """Resumes from the workdir if possible, runs to `total_steps`, and returns a summary."""
