@@ -1,10 +1,15 @@
-"""The CPU demo, the default of `zppo train`: ZPPO on procedurally generated arithmetic.
+"""The CPU demo, the default of `zppo train`: ZPPO on a procedurally generated letter code.
 
-A tiny Qwen3.5 student and a larger tiny teacher are warm-started by `zppo sft` on a generated
-addition task (the student on the easy levels only), cached, then trained with ZPPO for a few steps.
+Letters stand for digits and a question asks for the number a word spells
+(`zppo_jax/data/letter_code.py`). Levels 1-2 spell common letters; level 3 spells rare letters that
+only the teacher was warm-started on. A tiny Qwen3.5 student (SFT on levels 1-2, plus practice at
+reading BCQ candidates) and a larger tiny teacher (SFT on every level) are built by `zppo sft`,
+cached, then trained with ZPPO for a few steps; held-out accuracy is reported per level.
 
   zppo train                                           # ZPPO
   zppo train --config configs/demo.py --config.method=grpo_replay   # the comparison run
+  zppo sweep --config configs/demo.py:compare          # GRPO†, ZPPO, GRPO on two seeds
+  zppo sweep report --config configs/demo.py:compare   # side by side, with the seed spread
   zppo train --config configs/demo.py:tiny             # a seconds-long smoke run (tests)
   zppo train --config configs/demo.py:visual           # the multimodal path: digits in images
 
@@ -23,9 +28,9 @@ def demo_fields() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.cache_dir = ""
   d.train_levels = (1, 2, 3)
-  d.eval_level = 3
+  d.eval_level = 3           # the visual variant's held-out level
   d.num_train = 4096
-  d.num_eval = 64
+  d.num_eval = 32            # held-out words per level (every level is evaluated)
   d.vocab_size = 512
   d.student_hidden = 64
   d.student_layers = 4
@@ -35,12 +40,12 @@ def demo_fields() -> ml_collections.ConfigDict:
   d.student_sft_levels = (1, 2)
   d.teacher_sft_levels = (1, 2, 3)
   d.sft_examples_per_level = 2000
-  d.practice_examples = 2000   # the student's BCQ practice with rare letters (letter_code)
-  d.student_sft_steps = 400
+  d.practice_examples = 3000  # the student's BCQ practice with rare letters (letter_code)
+  d.student_sft_steps = 600
   d.teacher_sft_steps = 400
   d.student_sft_batch = 32   # examples per SFT step
-  d.teacher_sft_batch = 16
-  d.sft_row_len = 384        # packed SFT rows (fewer padded tokens than longer rows)
+  d.teacher_sft_batch = 32
+  d.sft_row_len = 1024       # packed SFT rows (several BCQ practice prompts per row)
   d.sft_lr = 3e-3
   # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
   # on rendered digits; student and teacher are multimodal with a tiny vision tower.
@@ -87,8 +92,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # compression-off option).
   c.rl.compress = False
   c.rl.compress_max_tokens = c.rl.raw_candidate_max_tokens = c.rl.hint_max_tokens = 48
-  c.sampling.max_new_tokens = 48
-  c.sampling.teacher_max_new_tokens = 48
+  c.sampling.max_new_tokens = 40
+  c.sampling.teacher_max_new_tokens = 40
   c.optim.lr = 1e-4
   c.optim.state_dtype = "float32"
   c.demo.cache_dir = "runs/.demo_cache"

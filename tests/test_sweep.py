@@ -436,4 +436,5 @@ def test_the_demo_comparison_end_to_end_with_the_real_trainer(tmp_path, capsys):
   assert set(rows) == set(names)
   assert all(r["state"] == "finished" and r["reward"] != "" for r in rows.values())
   assert all(r["heldout_level3_after"] != "" and r["admitted_0"] != "" for r in rows.values())
-  assert "Over seeds" in out and "| method=zppo | 2 |" in out and "| method=grpo_replay | 2 |" in out
+  assert "Over seeds" in out and "| method=zppo | 2 |" in out
+  assert "| method=grpo_replay | 2 |" in out

@@ -8,11 +8,12 @@ Levels 1 and 2 spell two and three letters of the common alphabet (`COMMON`); le
 letters of the rare alphabet (`RARE`). The demo's student is warm-started on levels 1-2 only, so on
 level 3 every rollout guesses (accuracy ~0, GRPO's advantages all zero); the teacher is warm-started
 on every level and spells level 3 right. The student also practises reading candidates: BCQ
-prompts whose words mix common and rare letters, the rare letters' digits drawn afresh for every
-example, so it learns to take a digit from the candidate that agrees with what it knows, never a
-rare letter's digit itself. A BCQ prompt of a level-3 question shows the teacher's answer, the
-student can copy it, and the reward of those rollouts teaches it the rare letters' digits, which
-carry over to held-out level-3 words. That is ZPPO's zone of proximal development in miniature.
+prompts of words with one to three rare letters whose digits are drawn afresh for every example,
+so it learns to take a digit from the candidate that agrees with the common letters it knows (or
+from either one), never a rare letter's digit itself. A BCQ prompt of a level-3 question shows the
+teacher's answer and the student can copy it: the hard question becomes a prompt with a learning
+signal, ZPPO's zone of proximal development in miniature. (Whether that carries over to the rare
+letters without candidates is what the demo measures: see bench/RESULTS.md.)
 """
 from __future__ import annotations
 

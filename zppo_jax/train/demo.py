@@ -2,10 +2,10 @@
 
 `prepare(config)` builds, once per demo setting, in `config.demo.cache_dir/<hash>/`:
   tokenizer/   a byte-level BPE tokenizer with the ChatML template (`data.demo_tokenizer`)
-  train.jsonl  generated addition questions over `demo.train_levels`
-  eval.jsonl   held-out questions of `demo.eval_level` (the hard level)
-  student/     a small Qwen3.5 warm-started by SFT on the easy levels only (plus BCQ/NCQ-format
-               examples of those levels, so it knows how to read candidates)
+  train.jsonl  letter-code questions over `demo.train_levels` (`data.letter_code`)
+  eval.jsonl   held-out words of every level (`demo.num_eval` each), `subset` naming the level
+  student/     a small Qwen3.5 warm-started by SFT on the easy levels only (plus BCQ/NCQ prompts
+               of them and BCQ practice with rare letters, so it knows how to read candidates)
   teacher/     a larger Qwen3.5 warm-started by SFT on every level
 and points the config's student, teacher, tokenizer and data paths at them. A second run finds the
 cache and starts at the RL phase.
@@ -86,9 +86,10 @@ CANDIDATE_EVERY = 4   # the student's warm start has BCQ / NCQ prompts of every 
 
 def _student_pairs(records, code, rng: random.Random, practice: int) -> list[tuple[str, str]]:
   """(user text, response) pairs of the student's warm start: plain prompts of the common levels,
-  BCQ / NCQ prompts of every `CANDIDATE_EVERY`-th, and `practice` BCQ prompts whose rare letters' digits are drawn per
-  example (the right candidate agrees with the common letters, the wrong one does not), so the
-  student learns to read candidates but no rare letter's digit."""
+  BCQ / NCQ prompts of every `CANDIDATE_EVERY`-th record, and `practice` BCQ prompts whose rare
+  letters' digits are drawn per example (where a word has common letters, the right candidate
+  agrees with them and the wrong one does not), so the student learns to read candidates but no
+  rare letter's digit."""
   pairs = []
   for i, r in enumerate(records):
     word = letter_code.word_of(r["question"])
