@@ -46,6 +46,18 @@ def test_round_trip_keep_n_and_fallback(tmp_path, capfd):
   assert RunCheckpointer(tmp_path).restore(state(0)).host == {"step": 3}
 
 
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+  """`zppo train`'s default workdir is relative (`runs/demo`); Orbax needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  ckpt = RunCheckpointer("runs/demo", keep=2, async_save=False)
+  ckpt.save(1, state(1), {"step": 1})
+  ckpt.close()
+  assert (tmp_path / "runs" / "demo" / "checkpoints" / "1").is_dir()
+  restored = RunCheckpointer("runs/demo").restore(state(0))
+  assert restored.host == {"step": 1}
+  np.testing.assert_array_equal(restored.state["params"]["w"], state(1)["params"]["w"])
+
+
 def test_sigterm_sets_the_flag_and_handler_is_restored():
   before = signal.getsignal(signal.SIGTERM)
   with PreemptionFlag() as flag:

@@ -79,6 +79,14 @@ def test_prompt_budget_needs_a_tokenizer_and_is_reported(tmp_path):
   assert report["prompt_budget"] == "skipped (no tokenizer)"
 
 
+def test_a_subset_column_is_read_and_defaults_to_the_name(tmp_path):
+  rows = [{"id": "a", "question": "Q?", "answer": "1", "subset": "level3"},
+          {"id": "b", "question": "Q?", "answer": "2"}]
+  (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  gb.build(tmp_path / "d.jsonl", tmp_path / "o", name="x", config=gb.BuildConfig(num_shards=1))
+  assert {r["id"]: r["subset"] for r in read_out(tmp_path / "o", "x")} == {"a": "level3", "b": "x"}
+
+
 def test_field_map_errors_and_cli(tmp_path):
   with pytest.raises(ValueError, match="bad --field-map"):
     gb.parse_field_map("question")

@@ -48,7 +48,7 @@ class RunCheckpointer:
   """
 
   def __init__(self, workdir: epath.PathLike, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = workdir_lib.as_path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     # Handlers given up front, so metadata can be read before anything is saved or restored.

@@ -15,8 +15,9 @@ from etils import epath
 
 
 def as_path(path: epath.PathLike) -> epath.Path:
-  """`path` as an `epath.Path` (a local path stays local, a `gs://` URI stays remote)."""
-  return epath.Path(path)
+  """`path` as an `epath.Path`: a local path made absolute (Orbax refuses relative checkpoint
+  paths), a `gs://` URI kept as it is."""
+  return epath.Path(os.path.abspath(path)) if is_local(path) else epath.Path(path)
 
 
 def is_local(path: epath.PathLike) -> bool:
