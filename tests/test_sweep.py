@@ -305,6 +305,11 @@ def test_compare_report_over_seeds_with_the_paper_diagnostics(tmp_path):
   assert zppo0["heldout_level3_before"] == 0.0
   assert zppo0["heldout_level3_after"] == pytest.approx(0.4)
   seeds = {r["variant"]: r for r in report.over_seeds(plan.variants, out["rows"])}
+  # Only finished seeds count once one has finished.
+  finished = [dict(r, state="finished" if r["variant"].startswith("seed=0") else "stopped")
+              for r in out["rows"]]
+  partial = {r["variant"]: r for r in report.over_seeds(plan.variants, finished)}
+  assert partial["method=zppo"]["seeds"] == 1 and partial["method=zppo"]["graduated_0"] == 6
   assert list(seeds) == ["method=grpo_replay", "method=zppo"]
   assert seeds["method=zppo"]["seeds"] == 2
   assert seeds["method=zppo"]["graduated_0"] == pytest.approx(6.5)

@@ -126,7 +126,8 @@ CURVE_LABELS = {state_lib.REWARD_KEY: "mean reward, plain prompts",
 
 def over_seeds(variants: list[hyper.Variant], rows: list[dict]) -> list[dict]:
   """With `config.seed` swept: one row per setting of the other keys, each numeric column as
-  the mean over seeds, its spread (max - min) beside it, and how many seeds finished."""
+  the mean over its finished seeds (over every seed while none has finished), its spread
+  (max - min) beside it, and how many seeds that is."""
   if not variants or SEED_KEY not in variants[0].swept:
     return []
   groups: dict[str, list[dict]] = {}
@@ -135,7 +136,7 @@ def over_seeds(variants: list[hyper.Variant], rows: list[dict]) -> list[dict]:
   seed_col = hyper.short_key(SEED_KEY, variants[0].swept)
   out = []
   for name, members in groups.items():
-    done = [r for r in members if r.get("state") == "done"] or members
+    done = [r for r in members if r.get("state") == "finished"] or members
     row = {"variant": name, "seeds": len(done)}
     for column in _columns(done):
       values = [r.get(column) for r in done]
