@@ -42,7 +42,7 @@ def demo_fields() -> ml_collections.ConfigDict:
   d.sft_examples_per_level = 2000
   d.practice_examples = 3000  # the student's BCQ practice with rare letters (letter_code)
   d.student_sft_steps = 600
-  d.teacher_sft_steps = 200   # loss 0.008 at 200 steps, 0.0009 at 400 (bench/RESULTS.md)
+  d.teacher_sft_steps = 200   # SFT loss 0.003 at 200 steps (bench/RESULTS.md)
   d.student_sft_batch = 32   # examples per SFT step
   d.teacher_sft_batch = 32
   d.sft_row_len = 1024       # packed SFT rows (several BCQ practice prompts per row)
