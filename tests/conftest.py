@@ -69,3 +69,9 @@ def stub_judge():
                             else '{"verdict": "wrong"}')
   with serve_judge(verdict) as served:
     yield served
+
+
+def without_timings(rows):
+  """Metrics rows without their wall-clock fields (`time_*`): what a resumed or re-run run must
+  reproduce exactly."""
+  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]

@@ -20,6 +20,7 @@ from zppo_jax.train import demo, run
 from zppo_jax.train.config import load_config
 from zppo_jax.train.metrics import read_metrics
 from zppo_jax.train.trainer import TrainSequence
+from conftest import without_timings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = str(ROOT / ".jax_cache")
@@ -123,10 +124,6 @@ def _train_cmd(workdir, cache_dir, steps):
           "--config.checkpoint_every=1"]
 
 
-def _deterministic(rows):
-  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
 
@@ -167,7 +164,7 @@ def test_resume_after_sigkill_and_sigterm_is_exact_then_export(demo_cache, tmp_p
   resumed = subprocess.run(_train_cmd(killed, demo_cache, 3), cwd=ROOT, env=_env(),
                            capture_output=True, text=True, check=True)
   assert "resumed from step" in resumed.stderr
-  assert _deterministic(read_metrics(killed)) == _deterministic(read_metrics(full))
+  assert without_timings(read_metrics(killed)) == without_timings(read_metrics(full))
 
   from flax import nnx
   from zppo_jax.train.export import export

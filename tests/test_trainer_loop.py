@@ -21,6 +21,7 @@ from zppo_jax.train.groups import Completion
 from zppo_jax.train.metrics import read_metrics
 from zppo_jax.train.checkpointing import CheckpointMismatch, RunCheckpointer
 from zppo_jax.train.trainer import Trainer
+from conftest import without_timings
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +169,6 @@ def test_buffer_admits_hard_and_replays_them(assets, tmp_path):
   assert rows[-1]["buffer/admitted_total"] == sum(r["buffer/admitted"] for r in rows)
 
 
-def _deterministic(rows):
-  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 def test_resume_is_exact(assets, tmp_path):
   full = make_trainer(assets, tmp_path / "full", "zppo", steps=4,
                       overrides=["--config.checkpoint_every=2"])
@@ -184,7 +181,7 @@ def test_resume_is_exact(assets, tmp_path):
                       overrides=["--config.checkpoint_every=2"])
   rest.train()
   assert rest.step == 4
-  assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
+  assert without_timings(read_metrics(tmp_path / "full")) == without_timings(
       read_metrics(tmp_path / "part"))
   assert float(full.student.params["skill"]) == float(rest.student.params["skill"])
 
@@ -198,7 +195,7 @@ def test_teacher_cache_is_bounded_checkpointed_and_resumes_exactly(assets, tmp_p
   rest = make_trainer(assets, tmp_path / "part", "zppo", steps=4, overrides=overrides)
   rest.train()
   assert rest.teacher_cache.state_dict() == full.teacher_cache.state_dict()
-  assert _deterministic(read_metrics(tmp_path / "full")) == _deterministic(
+  assert without_timings(read_metrics(tmp_path / "full")) == without_timings(
       read_metrics(tmp_path / "part"))
 
 

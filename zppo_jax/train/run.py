@@ -160,8 +160,7 @@ def print_summary(summary: dict, workdir: epath.PathLike, stream) -> None:
                    f"{signal}")
   hard_fail = sum(r.get("groups/plain", 0) - r.get("solved/plain", 0) for r in rows)
   lines.append(f"  plain groups where every rollout failed (no signal for GRPO): {hard_fail}")
-  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
-  subsets = [k for k in after if k.startswith("eval/accuracy/") and k in before]
+  before, after, subsets = _heldout(summary)
   for key in ["eval/accuracy", *subsets]:
     if key in before and key in after:
       name = key.rsplit("/", 1)[-1] if key in subsets else "all"
@@ -173,12 +172,17 @@ def print_summary(summary: dict, workdir: epath.PathLike, stream) -> None:
     print(effect, file=stream)
 
 
+def _heldout(summary: dict) -> tuple[dict, dict, list[str]]:
+  """The held-out metrics before and after, and the per-subset accuracy keys both have."""
+  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+  return before, after, [k for k in before if k.startswith("eval/accuracy/") and k in after]
+
+
 def effect_line(summary: dict, last: dict) -> str:
   """The run's effect in one line: the held-out accuracy of the subset that started lowest
   (the demo's hard level), and how many buffer entries admitted at 0% accuracy graduated."""
-  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+  before, after, subsets = _heldout(summary)
   parts = []
-  subsets = [k for k in before if k.startswith("eval/accuracy/") and k in after]
   key = min(subsets, key=lambda k: before[k]) if subsets else "eval/accuracy"
   if key in before and key in after:
     name = key.rsplit("/", 1)[-1] + " " if subsets else ""
