@@ -37,7 +37,7 @@ def demo_fields() -> ml_collections.ConfigDict:
   d.teacher_hidden = 96
   d.teacher_layers = 4
   d.attention_every = 2      # full attention every this many layers (the rest GDN)
-  d.student_sft_levels = (1, 2)
+  d.student_sft_levels = (1, 2, 3)   # level 3 with the outdated rare digits (letter_code)
   d.teacher_sft_levels = (1, 2, 3)
   d.sft_examples_per_level = 2000
   d.practice_examples = 3000  # the student's BCQ practice with rare letters (letter_code)

@@ -54,12 +54,25 @@ def test_records_are_levelled_seeded_and_name_their_subset():
   for r in rows:
     word = letter_code.word_of(r["question"])
     assert r["answer"] == letter_code.spell(word, code)
-    assert set(word) <= set(letter_code.RARE if r["level"] == 3 else letter_code.COMMON)
+    assert set(word) <= set(letter_code.alphabet(r["level"]))
+    assert sum(c in letter_code.RARE for c in word) == (r["level"] == 3)
+
+
+def test_level3_words_have_exactly_one_rare_letter_and_the_student_code_gets_each_wrong():
+  level3 = letter_code.words(3)
+  assert len(level3) == 3 * len(letter_code.RARE) * len(letter_code.COMMON) ** 2
+  assert all(sum(c in letter_code.RARE for c in w) == 1 for w in level3)
+  for seed in range(50):
+    code = letter_code.make_code(seed)
+    old = letter_code.outdated(code, seed)
+    assert all(old[c] == code[c] for c in letter_code.COMMON)
+    assert all(old[c] != code[c] and 1 <= old[c] <= 9 for c in letter_code.RARE)
+    assert old == letter_code.outdated(code, seed)
 
 
 @given(st.integers(0, 10_000))
 @settings(max_examples=60, deadline=None)
-def test_practice_words_have_rare_letters(seed):
+def test_practice_words_are_shaped_like_level3(seed):
   word = letter_code.practice_word(random.Random(seed))
-  assert len(word) == 3 and any(c in letter_code.RARE for c in word)
+  assert len(word) == 3 and sum(c in letter_code.RARE for c in word) == 1
   assert set(word) <= set(letter_code.RARE + letter_code.COMMON)

@@ -4,16 +4,15 @@ Each letter stands for a digit (1-9); a question asks for the number a word spel
 
   In the letter code, what number is C A G?   ->   <think> C A G </think> C4 / A7 / G2 \\boxed{472}
 
-Levels 1 and 2 spell two and three letters of the common alphabet (`COMMON`); level 3 spells three
-letters of the rare alphabet (`RARE`). The demo's student is warm-started on levels 1-2 only, so on
-level 3 every rollout guesses (accuracy ~0, GRPO's advantages all zero); the teacher is warm-started
-on every level and spells level 3 right. The student also practises reading candidates: BCQ
-prompts of words with one to three rare letters whose digits are drawn afresh for every example,
-so it learns to take a digit from the candidate that agrees with the common letters it knows (or
-from either one), never a rare letter's digit itself. A BCQ prompt of a level-3 question shows the
-teacher's answer and the student can copy it: the hard question becomes a prompt with a learning
-signal, ZPPO's zone of proximal development in miniature. (Whether that carries over to the rare
-letters without candidates is what the demo measures: see bench/RESULTS.md.)
+Levels 1 and 2 spell two and three letters of the common alphabet (`COMMON`); a level-3 word has one
+letter of the rare alphabet (`RARE`) among two common ones. The demo's teacher is warm-started on
+every level with the code; the student learned the rare letters from an outdated code
+(`outdated`: every rare letter a different digit), so on level 3 it is confidently wrong: its plain
+rollouts almost never hit the right digit and GRPO's advantages are all zero. ZPPO's prompts give it
+a way in: an NCQ prompt lists its own wrong answers, and the student (warm-started on such prompts
+with made-up digits) tries the other digits, so the right one gets rewarded although nobody showed
+it; a BCQ prompt shows the teacher's answer beside its own. Every rewarded token is the student's own
+guess of a rare letter's digit, which is what carries over to the plain question.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import random
 from typing import Iterable, Sequence
 
 COMMON = "ABCDEFGHI"
-RARE = "JKLMNO"
+RARE = "JKL"
 QUESTION = "In the letter code, what number is {word}?"
 PREFIX = "In the letter code, what number is "
 WORD_LENGTH = {1: 2, 2: 3, 3: 3}
@@ -38,14 +37,25 @@ def make_code(seed: int) -> dict[str, int]:
   return code
 
 
+def outdated(code: dict[str, int], seed: int) -> dict[str, int]:
+  """The student's version of `code`: the same common letters, every rare letter another digit."""
+  rng = random.Random(seed + 7919)
+  old = dict(code)
+  old.update({c: rng.choice([d for d in range(1, 10) if d != code[c]]) for c in RARE})
+  return old
+
+
 def alphabet(level: int) -> str:
   if level not in WORD_LENGTH:
     raise ValueError(f"the letter code has levels {sorted(WORD_LENGTH)}, got {level}")
-  return RARE if level == 3 else COMMON
+  return COMMON + RARE if level == 3 else COMMON
 
 
 def words(level: int) -> list[str]:
-  """Every word of a level, in a fixed order."""
+  """Every word of a level, in a fixed order (level 3: exactly one rare letter)."""
+  if level == 3:
+    return ["".join(w) for w in itertools.product(alphabet(level), repeat=WORD_LENGTH[level])
+            if sum(c in RARE for c in w) == 1]
   letters = alphabet(level)
   return ["".join(w) for w in itertools.product(letters, repeat=WORD_LENGTH[level])]
 
@@ -119,9 +129,7 @@ def record(rid: str, word: str, level: int, code: dict[str, int]) -> dict:
 
 
 def practice_word(rng: random.Random) -> str:
-  """A three-letter word with one to three rare letters, the rest common."""
-  num_rare = rng.randint(1, 3)
-  letters = [rng.choice(RARE) for _ in range(num_rare)] + [
-      rng.choice(COMMON) for _ in range(3 - num_rare)]
+  """A word shaped like level 3's: one rare letter among two common ones."""
+  letters = [rng.choice(RARE), rng.choice(COMMON), rng.choice(COMMON)]
   rng.shuffle(letters)
   return "".join(letters)

@@ -85,38 +85,50 @@ def _candidate(text: str) -> str:
 CANDIDATE_EVERY = 4   # the student's warm start has BCQ / NCQ prompts of every 4th record
 
 
-def _student_pairs(records, code, rng: random.Random, practice: int) -> list[tuple[str, str]]:
-  """(user text, response) pairs of the student's warm start: plain prompts of the common levels,
-  BCQ / NCQ prompts of every `CANDIDATE_EVERY`-th record, and `practice` BCQ prompts whose rare
-  letters' digits are drawn per example (where a word has common letters, the right candidate
-  agrees with them and the wrong one does not), so the student learns to read candidates but no
-  rare letter's digit."""
+def _student_pairs(records, code, old, rng: random.Random, practice: int
+                   ) -> list[tuple[str, str]]:
+  """(user text, response) pairs of the student's warm start: plain prompts (level-3 words spelled
+  with the `old` code, the student's misconception), BCQ / NCQ prompts of every `CANDIDATE_EVERY`-th
+  common-level record, and `practice` BCQ / NCQ prompts of level-3-shaped words whose rare letter's
+  digit is drawn per example, so the student learns to read candidates (copy the one that agrees
+  with the letters it knows; avoid the digits an NCQ lists as wrong) but no rare letter's digit."""
   pairs = []
   for i, r in enumerate(records):
     word = letter_code.word_of(r["question"])
-    response = letter_code.solution(word, code)
+    rare = any(c in letter_code.RARE for c in word)
+    response = letter_code.solution(word, old if rare else code)
     pairs.append((templates.rl_prompt(r["question"]), response))
-    if i % CANDIDATE_EVERY:
+    if rare or i % CANDIDATE_EVERY:
       continue
     wrongs = [letter_code.solution(word, letter_code.perturbed(word, code, rng))
               for _ in range(rng.randint(1, 3))]
     pairs.append((templates.rl_prompt(_bcq(r["question"], response, wrongs[0], rng)), response))
-    ncq = templates.ncq_prompt(r["question"], [extract_answer(w) for w in wrongs],
-                               [_candidate(w) for w in wrongs])
-    pairs.append((templates.rl_prompt(ncq), response))
-  for _ in range(practice):
+    pairs.append((templates.rl_prompt(_ncq(r["question"], wrongs)), response))
+  for i in range(practice):
     word = letter_code.practice_word(rng)
-    local = dict(code, **{c: rng.randint(1, 9) for c in letter_code.RARE})
-    common = [i for i, c in enumerate(word) if c in letter_code.COMMON]
-    wrong = dict(local)
-    while letter_code.spell(word, wrong) == letter_code.spell(word, local):
-      wrong = letter_code.perturbed(word, local, rng, positions=common or None)
-      wrong.update({c: rng.randint(1, 9) for c in letter_code.RARE})
+    [letter] = [c for c in word if c in letter_code.RARE]
+    local = dict(code, **{letter: rng.randint(1, 9)})
+    others = [d for d in range(1, 10) if d != local[letter]]
     response = letter_code.solution(word, local)
     q = letter_code.question(word)
+    if i % 2:   # NCQ: one or more wrong rollouts, each with one of at most two wrong digits
+      digits = rng.sample(others, rng.randint(1, 2))
+      wrongs = [letter_code.solution(word, dict(local, **{letter: rng.choice(digits)}))
+                for _ in range(rng.randint(1, 8))]
+      pairs.append((templates.rl_prompt(_ncq(q, wrongs)), response))
+      continue
+    wrong = dict(local, **{letter: rng.choice(others)})
+    if i % 4 == 0:   # the wrong candidate also gets a common letter wrong: the right one agrees
+      wrong = letter_code.perturbed(word, wrong, rng,
+                                    positions=[j for j, c in enumerate(word) if c != letter])
     pairs.append((templates.rl_prompt(_bcq(q, response, letter_code.solution(word, wrong), rng)),
                   response))
   return pairs
+
+
+def _ncq(question: str, wrongs: list[str]) -> str:
+  return templates.ncq_prompt(question, [extract_answer(w) for w in wrongs],
+                              [_candidate(w) for w in wrongs])
 
 
 def _bcq(question: str, right: str, wrong: str, rng: random.Random) -> str:
@@ -171,11 +183,12 @@ def _build(config, root: pathlib.Path, stream) -> None:
   demo_task.write_jsonl(train, root / "train.jsonl")
   demo_task.write_jsonl(held_out, root / "eval.jsonl")
   rng = random.Random(config.seed)
+  old = letter_code.outdated(code, config.seed)
   sft_records = {lvl: letter_code.records([lvl], demo.sft_examples_per_level, config.seed + 2 + lvl,
                                           code, training_pools, prefix="sft")
                  for lvl in sorted(set(demo.student_sft_levels) | set(demo.teacher_sft_levels))}
   student_pairs = _student_pairs([r for lvl in demo.student_sft_levels for r in sft_records[lvl]],
-                                 code, rng, practice=int(demo.practice_examples))
+                                 code, old, rng, practice=int(demo.practice_examples))
   teacher_pairs = [(templates.rl_prompt(r["question"]),
                     letter_code.solution(letter_code.word_of(r["question"]), code))
                    for lvl in demo.teacher_sft_levels for r in sft_records[lvl]]
