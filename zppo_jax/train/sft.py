@@ -75,7 +75,6 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
   longest = max(len(p) + len(r) for p, r in examples)
   if longest > row_len:
     raise ValueError(f"an SFT example has {longest} tokens, more than row_len={row_len}")
-  rows = packing.bucket(-(-batch_size // max(row_len // longest, 1)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, sft_step = _optimizer_and_step(float(learning_rate), float(weight_decay))
   opt_state = tx.init(params)
@@ -83,6 +82,10 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
   losses, t0 = [], time.time()
   for step in range(1, steps + 1):
     pick = rng.choice(len(examples), size=batch_size, replace=len(examples) < batch_size)
+    # Rows as this batch needs, bucketed to a power of two: a couple of compiled shapes, and a
+    # few long examples in the set do not pad every step.
+    rows = packing.bucket(packing.rows_needed(
+        [len(examples[i][0]) + len(examples[i][1]) for i in pick], row_len))
     packed = packing.pack([examples[i][0] for i in pick], [examples[i][1] for i in pick],
                           row_len, num_rows=rows)
     batch = {k: jnp.asarray(v) for k, v in packed.arrays().items()
