@@ -27,11 +27,13 @@ def _objective(fn, g_lp, g_ent):
   return obj
 
 
-@pytest.mark.parametrize("token_chunk,vocab_chunk", [(4, 8), (1024, None)])
-def test_chunked_logprobs_match_full_logits(inputs, token_chunk, vocab_chunk):
+@pytest.mark.parametrize("token_chunk,vocab_chunk,keep", [(4, 8, 0), (1024, None, 0),
+                                                         (4, None, 2 ** 20), (1024, None, 2 ** 20)])
+def test_chunked_logprobs_match_full_logits(inputs, token_chunk, vocab_chunk, keep):
   h, w, y, g_lp, g_ent = inputs
   chunked = lambda h, w, y: logprobs.chunked_logprobs(h, w, y, token_chunk=token_chunk,
-                                                      vocab_chunk=vocab_chunk)
+                                                      vocab_chunk=vocab_chunk,
+                                                      keep_logits_bytes=keep)
   lp, ent = jax.jit(chunked)(h, w, y)
   lp_ref, ent_ref = logprobs.full_logprobs(h, w, y)
   np.testing.assert_allclose(lp, lp_ref, atol=1e-5, rtol=1e-5)
@@ -98,3 +100,13 @@ def test_chunking_lowers_peak_memory_of_forward_and_backward():
   logits_bytes = b * t * v * 4
   assert full >= logits_bytes, (full, logits_bytes)
   assert chunked < logits_bytes / 4, (chunked, full)
+  # Below the keep budget the logits are a residual; one byte above it, the recomputing form;
+  # a chunked vocabulary never keeps them.
+  kept = temp_bytes(lambda h, w, y: logprobs.chunked_logprobs(
+      h, w, y, token_chunk=256, keep_logits_bytes=logits_bytes))
+  over = temp_bytes(lambda h, w, y: logprobs.chunked_logprobs(
+      h, w, y, token_chunk=256, keep_logits_bytes=logits_bytes - 1))
+  assert kept >= logits_bytes and over < kept, (kept, over)
+  never = temp_bytes(lambda h, w, y: logprobs.chunked_logprobs(
+      h, w, y, token_chunk=256, vocab_chunk=1024, keep_logits_bytes=2 * logits_bytes))
+  assert never < logits_bytes / 4, never

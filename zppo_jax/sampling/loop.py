@@ -22,6 +22,7 @@ from flax import nnx
 
 from zppo_jax import parallel
 from zppo_jax.models.qwen3_5.cache import init_cache
+from zppo_jax.models.qwen3_5.model import stack_cycles
 from zppo_jax.sampling import filters
 from zppo_jax.sampling.state import LENGTH, STOPPED, DecodeState
 
@@ -63,10 +64,11 @@ def _constrain_rows(x, axis):
   return parallel.constrain(x, names)
 
 
-def _constrain_state(state):
-  """Row sharding for every per-row array of the decode state (cache layers have rows on axis 1)."""
+def _constrain_state(state, layer_row_axis=1):
+  """Row sharding for every per-row array of the decode state (stacked cache layers have rows on
+  axis 1, per-cycle ones on axis 0)."""
   cache = state.cache
-  layers = jax.tree.map(lambda x: _constrain_rows(x, 1), cache.layers)
+  layers = jax.tree.map(lambda x: _constrain_rows(x, layer_row_axis), cache.layers)
   cache = cache.replace(layers=layers, kv_mask=_constrain_rows(cache.kv_mask, 0),
                         next_position=_constrain_rows(cache.next_position, 0))
   rows = {f: _constrain_rows(getattr(state, f), 0)
@@ -152,10 +154,16 @@ def decode(loop, params, state, logits, knobs, seed_key, max_new_tokens, stop_id
     record = functools.partial(_record, loop, knobs=knobs, seed_key=seed_key,
                                max_new_tokens=max_new_tokens, stop_ids=stop_ids)
     state = record(state, logits)
+    # Weights and cache sliced per layer-cycle once, outside the loop: slicing the stacked
+    # arrays inside it copies every weight, and re-stacks the cache, on every token.
+    cycle_params = model.cycle_params()
+    state = state.replace(cache=model.unstack_cycles(state.cache))
 
     def step(state):
-      hidden, cache = model.forward(input_ids=state.last_token[:, None], cache=state.cache)
+      hidden, cache = model.forward(input_ids=state.last_token[:, None], cache=state.cache,
+                                    cycle_params=cycle_params)
       logits = model.logits(hidden)[:, 0].astype(jnp.float32)
-      return _constrain_state(record(state.replace(cache=cache), logits))
+      return _constrain_state(record(state.replace(cache=cache), logits), layer_row_axis=0)
 
-    return jax.lax.while_loop(lambda s: jnp.any(~s.done), step, state)
+    state = jax.lax.while_loop(lambda s: jnp.any(~s.done), step, state)
+    return state.replace(cache=state.cache.replace(layers=stack_cycles(state.cache.layers)))

@@ -75,6 +75,9 @@ class LearnerConfig:
       log-probs are recomputed; None disables it.
     token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
+    keep_logits_mib: a micro-batch whose fp32 logits take at most this many MiB keeps them from
+      the forward pass for the backward one (one LM-head matmul fewer); larger ones recompute them
+      chunk by chunk. 0: always recompute.
     optim: the optimizer (`optim.OptimConfig`, the run config's `optim` group).
   """
   micro_batch_rows: int = 0
@@ -91,6 +94,7 @@ class LearnerConfig:
   tis_cap: float | None = None
   token_chunk: int = 1024
   vocab_chunk: int | None = None
+  keep_logits_mib: int = 1024
   optim: optim.OptimConfig = optim.OptimConfig()
 
   def __post_init__(self):
@@ -288,7 +292,8 @@ class Learner:
     hidden = packed_hidden(model, mb)
     return logprobs_lib.chunked_logprobs(hidden, model.lm_head_kernel(), mb["targets"],
                                          token_chunk=self.cfg.token_chunk,
-                                         vocab_chunk=self.cfg.vocab_chunk)
+                                         vocab_chunk=self.cfg.vocab_chunk,
+                                         keep_logits_bytes=self.cfg.keep_logits_mib << 20)
 
   def _micro_batches(self, batch: Batch) -> Batch:
     """[R, ...] -> [M, R / M, ...] so that each micro-batch is spread over the batch shards."""

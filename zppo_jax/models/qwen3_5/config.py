@@ -88,8 +88,9 @@ class ModelConfig:
     bos_token_id: beginning-of-sequence id, or None.
     dtype: compute dtype of activations and matmuls.
     param_dtype: storage dtype of the parameters.
-    scan_layers: stack the layers of each repetition of the layer cycle and run them with
-      ``jax.lax.scan``; False unrolls them (debugging).
+    scan_layers: run the repetitions of the layer cycle with ``jax.lax.scan`` over the stacked
+      parameters in passes without a cache (training, scoring); False unrolls them. Passes with a
+      cache (prefill, decode) are always unrolled.
     remat: rematerialisation policy per scanned cycle: "none", "full" or "dots" (save matmul
       outputs, recompute the rest).
     gdn_chunk_size: chunk length of the chunked delta rule (training and prefill).

@@ -17,6 +17,33 @@ from zppo_jax.models.qwen3_5.config import ModelConfig
 _INIT_STD = 0.02  # transformers' `initializer_range`
 
 
+@jax.custom_vjp
+def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``x @ kernel`` for x float[..., in], kernel float[in, out]; the backward pass as autodiff's,
+  with the output cotangent materialised before the kernel-gradient matmul.
+
+  Without the barrier XLA fuses the producer of the cotangent (e.g. SiLU's derivative) into a
+  copy that writes it transposed for the kernel-gradient dot; on CPU that strided fusion took
+  longer than both matmuls of the backward pass together (bench/RESULTS.md, train step).
+  """
+  return jnp.dot(x, kernel)
+
+
+def _linear_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _linear_bwd(res, dy):
+  x, kernel = res
+  dx = jnp.dot(dy, kernel.T)
+  dy2 = jax.lax.optimization_barrier(dy.reshape(-1, dy.shape[-1]))
+  dkernel = jnp.dot(x.reshape(-1, x.shape[-1]).T, dy2)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
 class Dense(nnx.Module):
   """``y = x @ kernel (+ bias)``; kernel float[in, out] (HF stores its transpose).
 
@@ -41,7 +68,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """float[..., in] -> float[..., out] in the compute dtype."""
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 

@@ -82,6 +82,11 @@ class Embed(nnx.Module):
                                     (parallel.VOCAB, parallel.EMBED), cfg.param_dtype)
 
 
+def stack_cycles(per_cycle):
+  """Per-cycle layer caches (a sequence of R trees) -> one tree with a leading R axis."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *per_cycle)
+
+
 def _segment_layout(valid, segment_ids):
   """Sequence starts of packed rows: reset bool[B, T] (a real token whose previous real token
   has another segment id), or None without segment ids."""
@@ -156,7 +161,7 @@ class Qwen3_5ForCausalLM(nnx.Module):
     return self.logits(hidden)
 
   def forward(self, input_ids=None, inputs_embeds=None, positions=None, attention_mask=None,
-              segment_ids=None, cache: Cache | None = None):
+              segment_ids=None, cache: Cache | None = None, cycle_params=None):
     """Runs the decoder.
 
     Args:
@@ -168,6 +173,9 @@ class Qwen3_5ForCausalLM(nnx.Module):
       segment_ids: int32[B, T] packed sequences, 0 = padding; no attention or GDN state crosses
         a change of id. Not allowed together with a cache.
       cache: a `Cache`; the T tokens are written at slots [index, index + T).
+      cycle_params: optional `cycle_params()` of this model's parameters, for passes with a
+        cache whose layers are per cycle (`unstack_cycles`): a decode loop slices the stacked
+        weights and cache once instead of on every token.
 
     Returns:
       (hidden float[B, T, D] after the final norm, the new cache or None).
@@ -200,7 +208,8 @@ class Qwen3_5ForCausalLM(nnx.Module):
       mask = key_valid[:, None, :] & (key_slot[None, None, :] <= (index + q_slot)[None, :, None])
     ctx = dict(valid=valid, reset=reset, cos=cos, sin=sin, mask=mask, index=index)
     x = parallel.constrain(x, _ACT)
-    x, layer_caches = self._run_layers(x, ctx, None if cache is None else cache.layers)
+    x, layer_caches = self._run_layers(x, ctx, None if cache is None else cache.layers,
+                                       cycle_params)
     hidden = self.norm(x)
     if cache is not None:
       last = jnp.max(jnp.where(valid, positions.max(axis=0), -1), axis=1)
@@ -209,7 +218,7 @@ class Qwen3_5ForCausalLM(nnx.Module):
           next_position=jnp.where(last >= 0, last + 1, cache.next_position).astype(jnp.int32))
     return hidden, cache
 
-  def _run_layers(self, x, ctx, caches):
+  def _run_layers(self, x, ctx, caches, cycle_params=None):
     """Applies the R repetitions of the layer cycle (scanned or unrolled)."""
     cfg = self.cfg
     split = [nnx.split(block) for block in self.layers]
@@ -226,15 +235,33 @@ class Qwen3_5ForCausalLM(nnx.Module):
     if cfg.remat != "none":
       cycle = jax.checkpoint(cycle, policy=_REMAT_POLICIES[cfg.remat])
     states = tuple(s for _, s in split)
-    if cfg.scan_layers:
+    # With a cache (prefill, and every decode step) the cycles are unrolled: a scan would slice
+    # every weight out of the stacked parameters on each step, copying all of them per token.
+    if cfg.scan_layers and caches is None:
       def body(x, xs):
         return cycle(x, *xs)
       return jax.lax.scan(body, x, (states, caches))
+    per_cycle = cycle_params is not None   # then `caches` is per cycle too (`unstack_cycles`)
     outs = []
     for r in range(cfg.num_cycles):
       take = lambda tree: jax.tree.map(lambda a: a[r], tree)
-      x, c = cycle(x, take(states), None if caches is None else take(caches))
+      params = cycle_params[r] if per_cycle else take(states)
+      x, c = cycle(x, params, None if caches is None else (caches[r] if per_cycle else take(caches)))
       outs.append(c)
     if caches is None:
       return x, None
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, (tuple(outs) if per_cycle else stack_cycles(outs))
+
+  def unstack_cycles(self, cache: Cache) -> Cache:
+    """`cache` with its layers per cycle: a tuple (R) of per-layer caches, as `forward` takes
+    them with `cycle_params`; `stack_cycles` undoes it."""
+    return cache.replace(layers=tuple(jax.tree.map(lambda a: a[r], cache.layers)
+                                      for r in range(self.cfg.num_cycles)))
+
+  def cycle_params(self):
+    """The layer parameters sliced per repetition of the cycle: a tuple (R) of tuples (P) of
+    states, for `forward(cycle_params=...)`. A decode loop slices them once, outside the loop,
+    instead of once per token."""
+    states = [nnx.split(block)[1] for block in self.layers]
+    return tuple(tuple(jax.tree.map(lambda a: a[r], s) for s in states)
+                 for r in range(self.cfg.num_cycles))
