@@ -14,6 +14,7 @@ useful work only, rematerialisation not counted), divided by the CPU's own f32 m
 in the same run.
 
 Run: python bench/train_step.py [--batch 4] [--length 512] [--repeats 5] [--remat none]
+     [--scan-layers 0]
 The last line is the headline: `train_step: ours X tok/s, transformers Y tok/s, ratio Z`.
 """
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--remat", default="none", choices=("none", "dots", "full"))
   parser.add_argument("--token-chunk", type=int, default=512)
+  parser.add_argument("--scan-layers", type=int, default=0, choices=(0, 1),
+                      help="scan the layer cycles (1) or unroll them (0, as the CPU demo runs)")
   args = parser.parse_args()
   torch.set_num_threads(THREADS)
   cfg = qwen3_5.bench_small()
@@ -85,7 +88,8 @@ def main():
   reference = reference_model(cfg)
   with tempfile.TemporaryDirectory() as path:
     reference.save_pretrained(path)
-    ours = qwen3_5.load_pretrained(path, dtype=jnp.float32, remat=args.remat)
+    ours = qwen3_5.load_pretrained(path, dtype=jnp.float32, remat=args.remat,
+                                   scan_layers=bool(args.scan_layers))
   reference.train()
   n_params = qwen3_5.parameter_count(ours)
   lcfg = learner_lib.LearnerConfig(old_logprobs="sampler", token_chunk=args.token_chunk)
@@ -130,7 +134,7 @@ def main():
         f"torch threads {torch.get_num_threads()}, jax devices {jax.devices()}")
   print(f"model: bench-small {n_params / 1e6:.1f} M params, batch {args.batch} x {args.length} "
         f"tokens, {flops / 1e9:.1f} GFLOP per step (3x forward), remat {args.remat}, "
-        f"token chunk {args.token_chunk}")
+        f"scan_layers {bool(args.scan_layers)}, token chunk {args.token_chunk}")
   print(f"f32 matmul peak (2048^2 jnp.dot): {peak / 1e9:.1f} GFLOP/s")
   for name, seconds, times in (("ours", ours_s, ours_times), ("transformers", ref_s, ref_times)):
     print(f"{name}: median {seconds * 1e3:.0f} ms (runs {', '.join(f'{t:.2f}' for t in times)} s)"

@@ -78,6 +78,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every = 5
   c.async_checkpointing = True
   c.student.param_dtype = c.student.compute_dtype = "float32"
+  c.student.scan_layers = False   # two layer cycles: unrolled, a CPU step is ~25% faster
   c.teacher.param_dtype = c.teacher.compute_dtype = "float32"
   c.teacher.device_fraction = 0.0
   c.data.max_prompt_tokens = 128

@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.param_dtype = "bfloat16"
   c.student.compute_dtype = "bfloat16"
   c.student.remat = "none"        # rematerialisation per layer cycle in the update: none|dots|full
+  c.student.scan_layers = True    # scan the layer cycles in the update (compile time, memory);
+                                  # False unrolls them (faster on CPU, bench/RESULTS.md)
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.checkpoint = ""       # HF checkpoint directory of the frozen teacher.

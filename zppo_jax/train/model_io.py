@@ -50,7 +50,7 @@ def is_fp8_checkpoint(path: str) -> bool:
 
 
 def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None, *,
-               remat: str = "none", fp8: bool = False,
+               remat: str = "none", scan_layers: bool = True, fp8: bool = False,
                what: str = "--config.student.checkpoint"):
   """A Qwen3.5 HF checkpoint directory as our model.
 
@@ -59,6 +59,7 @@ def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None,
     dtype, param_dtype: compute and storage dtypes.
     mesh: where the weights go (None: one device).
     remat: rematerialisation per layer cycle ("none", "dots", "full").
+    scan_layers: scan the layer cycles in passes without a cache (`ModelConfig.scan_layers`).
     fp8: keep the matmul weights in FP8 with block scales (`models.qwen3_5.fp8`); needs an FP8
       checkpoint (e.g. `Qwen3.5-27B-FP8`).
     what: the flag that set `path`, for errors.
@@ -73,9 +74,10 @@ def load_model(path: str, dtype: str, param_dtype: str | None = None, mesh=None,
                       "checkpoint or turn fp8 off")
     from zppo_jax.models.qwen3_5.fp8 import load_fp8_pretrained
     return load_fp8_pretrained(path, dtype=jnp.dtype(dtype), mesh=mesh, param_dtype=param,
-                               remat=remat)
+                               remat=remat, scan_layers=scan_layers)
   from zppo_jax.models.qwen3_5.pretrained import load_pretrained
-  return load_pretrained(path, dtype=jnp.dtype(dtype), param_dtype=param, mesh=mesh, remat=remat)
+  return load_pretrained(path, dtype=jnp.dtype(dtype), param_dtype=param, mesh=mesh, remat=remat,
+                         scan_layers=scan_layers)
 
 
 def save_model(model, out_dir: str | pathlib.Path, tokenizer=None) -> None:

@@ -95,7 +95,7 @@ def build_trainer(config, workdir: epath.PathLike, stream=None):
   student_mesh = parallel.layout_mesh(config.mesh.student, student_devices, "mesh.student")
   model = load_model(config.student.checkpoint, config.student.compute_dtype,
                      config.student.param_dtype, mesh=student_mesh, remat=config.student.remat,
-                     what="--config.student.checkpoint")
+                     scan_layers=config.student.scan_layers, what="--config.student.checkpoint")
   student = Student(model, config, stop_ids, mesh=student_mesh)
   print(f"train: student on {len(student_devices)} devices, mesh {_describe(student_mesh)}",
         file=stream)
