@@ -67,11 +67,14 @@ def delta_rule_step(q, k, v, g, beta, state):
   hv = v.shape[1]
   q, k = (_group_keys(x.astype(jnp.float32), hv, 1) for x in (q, k))
   v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))
-  state = state * jnp.exp(g)[..., None, None]
-  predicted = jnp.einsum('bhkv,bhk->bhv', state, k)
-  delta = (v - predicted) * beta[..., None]
-  state = state + k[..., :, None] * delta[..., None, :]
-  return jnp.einsum('bhkv,bhk->bhv', state, q), state
+  # Two passes over the state (read S^T k and S^T q together, then write the new state) instead
+  # of four: with decay e, S' = e S + k delta^T, so S'^T q = e S^T q + (k . q) delta.
+  decay = jnp.exp(g)[..., None]                                             # [B, Hv, 1]
+  reads = jnp.einsum('bhkv,bhnk->bhnv', state, jnp.stack([k, q], axis=2))   # [B, Hv, 2, Dv]
+  delta = (v - decay * reads[:, :, 0]) * beta[..., None]
+  out = decay * reads[:, :, 1] + jnp.sum(k * q, axis=-1)[..., None] * delta
+  state = state * decay[..., None] + k[..., :, None] * delta[..., None, :]
+  return out, state
 
 
 def _zero_state(k, v):
