@@ -42,6 +42,19 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
   return out.reshape(b, t, n, h)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`grouped_attention` over a cache's layout: k float[B, K, H, S], v float[B, K, S, H]
+  (no per-step transpose of the whole cache); q float[B, T, N, H], mask bool[B, T, S]."""
+  b, t, n, h = q.shape
+  kv_heads = k.shape[1]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+  logits = jnp.einsum('BTKGH,BKHS->BKGTS', q, k, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum('BKGTS,BKSH->BTKGH', probs, v)
+  return out.reshape(b, t, n, h)
+
+
 def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                            max_blocks: int = 8, min_block: int = 128) -> jax.Array:
   """`grouped_attention` for a mask that is causal in slot order (no cache: S = T).
@@ -96,8 +109,8 @@ class Attention(nnx.Module):
       x: float[B, T, D] normed hidden states.
       cos, sin: float32[B, T, rotary_dim] from `layers.rotary_cos_sin`.
       mask: bool[B, T, S]; S = T without a cache, else the cache's slot count.
-      cache: optional per-layer `AttnCache` (k, v [B, S, K, H]); the new keys and values are
-        written at slots [index, index + T) and attention runs over all S slots.
+      cache: optional per-layer `AttnCache` (k [B, K, H, S], v [B, K, S, H]); the new keys and
+        values are written at slots [index, index + T) and attention runs over all S slots.
       index: int32[], first slot to write (with a cache).
 
     Returns:
@@ -112,11 +125,13 @@ class Attention(nnx.Module):
     k = apply_rotary(self.k_norm(self.k_proj(x).reshape(b, t, kv, h)), cos, sin)
     v = self.v_proj(x).reshape(b, t, kv, h)
     if cache is not None:
-      start = (0, index, 0, 0)
-      cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
-                        v=jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
-      k, v = cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype)
-    attend = grouped_attention if cache is not None else causal_block_attention
-    out = attend(q, k, v, mask).reshape(b, t, n * h)
+      new_k = jnp.transpose(k, (0, 2, 3, 1)).astype(cache.k.dtype)   # [B, K, H, T]
+      new_v = jnp.transpose(v, (0, 2, 1, 3)).astype(cache.v.dtype)   # [B, K, T, H]
+      cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, new_k, (0, 0, 0, index)),
+                        v=jax.lax.dynamic_update_slice(cache.v, new_v, (0, 0, index, 0)))
+      out = cached_attention(q, cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype), mask)
+    else:
+      out = causal_block_attention(q, k, v, mask)
+    out = out.reshape(b, t, n * h)
     out = out * jax.nn.sigmoid(gate)
     return self.o_proj(out), cache
