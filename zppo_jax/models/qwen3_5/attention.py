@@ -21,37 +21,27 @@ from zppo_jax.models.qwen3_5.config import ModelConfig
 from zppo_jax.models.qwen3_5.layers import Dense, RMSNorm, apply_rotary
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                      cache_layout: bool = False) -> jax.Array:
   """Softmax attention with grouped key/value heads.
 
   Args:
     q: float[B, T, N, H] (already scaled by 1/sqrt(H)).
-    k, v: float[B, S, K, H] with N % K == 0.
+    k, v: float[B, S, K, H] with N % K == 0; with `cache_layout`, a cache's layout: k float
+      [B, K, H, S] and v float[B, K, S, H] (read without a transpose of the whole cache).
     mask: bool[B, T, S].
 
   Returns:
     float[B, T, N, H]. A query that may attend to nothing gets the mean of the values (never NaN).
   """
   b, t, n, h = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = k.shape[1 if cache_layout else 2]
+  k_axes, v_axes = ('BKHS', 'BKSH') if cache_layout else ('BSKH', 'BSKH')
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum(f'BTKGH,{k_axes}->BKGTS', q, k, preferred_element_type=jnp.float32)
   logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs, v)
-  return out.reshape(b, t, n, h)
-
-
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """`grouped_attention` over a cache's layout: k float[B, K, H, S], v float[B, K, S, H]
-  (no per-step transpose of the whole cache); q float[B, T, N, H], mask bool[B, T, S]."""
-  b, t, n, h = q.shape
-  kv_heads = k.shape[1]
-  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  logits = jnp.einsum('BTKGH,BKHS->BKGTS', q, k, preferred_element_type=jnp.float32)
-  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum('BKGTS,BKSH->BTKGH', probs, v)
+  out = jnp.einsum(f'BKGTS,{v_axes}->BTKGH', probs, v)
   return out.reshape(b, t, n, h)
 
 
@@ -129,7 +119,8 @@ class Attention(nnx.Module):
       new_v = jnp.transpose(v, (0, 2, 1, 3)).astype(cache.v.dtype)   # [B, K, T, H]
       cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, new_k, (0, 0, 0, index)),
                         v=jax.lax.dynamic_update_slice(cache.v, new_v, (0, 0, index, 0)))
-      out = cached_attention(q, cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype), mask)
+      out = grouped_attention(q, cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype), mask,
+                              cache_layout=True)
     else:
       out = causal_block_attention(q, k, v, mask)
     out = out.reshape(b, t, n * h)
