@@ -27,8 +27,8 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
   Args:
     q: float[B, T, N, H] (already scaled by 1/sqrt(H)).
-    k, v: float[B, S, K, H] with N % K == 0; with `cache_layout`, a cache's layout: k float
-      [B, K, H, S] and v float[B, K, S, H] (read without a transpose of the whole cache).
+    k, v: float[B, S, K, H] with N % K == 0; with `cache_layout`, a cache's layout
+      float[B, K, S, H] (read without a transpose of the whole cache).
     mask: bool[B, T, S].
 
   Returns:
@@ -36,12 +36,12 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   """
   b, t, n, h = q.shape
   kv_heads = k.shape[1 if cache_layout else 2]
-  k_axes, v_axes = ('BKHS', 'BKSH') if cache_layout else ('BSKH', 'BSKH')
+  kv_axes = 'BKSH' if cache_layout else 'BSKH'
   q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-  logits = jnp.einsum(f'BTKGH,{k_axes}->BKGTS', q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum(f'BTKGH,{kv_axes}->BKGTS', q, k, preferred_element_type=jnp.float32)
   logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum(f'BKGTS,{v_axes}->BTKGH', probs, v)
+  out = jnp.einsum(f'BKGTS,{kv_axes}->BTKGH', probs, v)
   return out.reshape(b, t, n, h)
 
 
@@ -99,8 +99,8 @@ class Attention(nnx.Module):
       x: float[B, T, D] normed hidden states.
       cos, sin: float32[B, T, rotary_dim] from `layers.rotary_cos_sin`.
       mask: bool[B, T, S]; S = T without a cache, else the cache's slot count.
-      cache: optional per-layer `AttnCache` (k [B, K, H, S], v [B, K, S, H]); the new keys and
-        values are written at slots [index, index + T) and attention runs over all S slots.
+      cache: optional per-layer `AttnCache` (k, v [B, K, S, H]); the new keys and values are
+        written at slots [index, index + T) and attention runs over all S slots.
       index: int32[], first slot to write (with a cache).
 
     Returns:
@@ -115,10 +115,10 @@ class Attention(nnx.Module):
     k = apply_rotary(self.k_norm(self.k_proj(x).reshape(b, t, kv, h)), cos, sin)
     v = self.v_proj(x).reshape(b, t, kv, h)
     if cache is not None:
-      new_k = jnp.transpose(k, (0, 2, 3, 1)).astype(cache.k.dtype)   # [B, K, H, T]
-      new_v = jnp.transpose(v, (0, 2, 1, 3)).astype(cache.v.dtype)   # [B, K, T, H]
-      cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, new_k, (0, 0, 0, index)),
-                        v=jax.lax.dynamic_update_slice(cache.v, new_v, (0, 0, index, 0)))
+      start = (0, 0, index, 0)
+      new = lambda x, like: jnp.swapaxes(x, 1, 2).astype(like.dtype)   # [B, K, T, H]
+      cache = AttnCache(k=jax.lax.dynamic_update_slice(cache.k, new(k, cache.k), start),
+                        v=jax.lax.dynamic_update_slice(cache.v, new(v, cache.v), start))
       out = grouped_attention(q, cache.k.astype(cfg.dtype), cache.v.astype(cfg.dtype), mask,
                               cache_layout=True)
     else:

@@ -7,8 +7,8 @@ layer ``i`` of the model lives at ``cache.layers[i % P]`` index ``[i // P]`` (P 
 For the released models (3 GDN + 1 attention) that is 4 entries with R = 6, 8 or 16.
 
 Shapes (R repetitions, B rows, S slots):
-  AttnCache.k            [R, B, K, H, S]   in the cache dtype (slots last: the layout the
-  AttnCache.v            [R, B, K, S, H]   score and value matmuls read without a transpose)
+  AttnCache.k, .v        [R, B, K, S, H]   in the cache dtype (heads before slots: the layout the
+                                           score and value matmuls read without a transpose)
   GDNCache.conv          [R, B, C, kernel - 1]  the last inputs of the causal conv
   GDNCache.recurrent     [R, B, Hv, Dk, Dv]  float32 delta-rule state
   Cache.kv_mask          bool[B, S]  slot holds a real token
@@ -28,7 +28,7 @@ from zppo_jax.models.qwen3_5.config import ModelConfig
 
 @struct.dataclass
 class AttnCache:
-  """Keys float[R, B, K, H, S] and values float[R, B, K, S, H] of one full-attention layer."""
+  """Keys and values of one full-attention layer of the cycle: float[R, B, K, S, H] each."""
   k: jax.Array
   v: jax.Array
 
@@ -92,8 +92,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
   for layer_type in cfg.cycle:
     if layer_type == "full_attention":
       kv, h = cfg.num_key_value_heads, cfg.head_dim
-      layers.append(AttnCache(k=jnp.zeros((r, batch, kv, h, max_len), dtype),
-                              v=jnp.zeros((r, batch, kv, max_len, h), dtype)))
+      shape = (r, batch, kv, max_len, h)
+      layers.append(AttnCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)))
     else:
       layers.append(GDNCache(
           conv=jnp.zeros((r, batch, cfg.gdn_conv_dim, cfg.linear_conv_kernel_dim - 1), dtype),
