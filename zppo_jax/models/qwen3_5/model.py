@@ -246,7 +246,8 @@ class Qwen3_5ForCausalLM(nnx.Module):
     for r in range(cfg.num_cycles):
       take = lambda tree: jax.tree.map(lambda a: a[r], tree)
       params = cycle_params[r] if per_cycle else take(states)
-      x, c = cycle(x, params, None if caches is None else (caches[r] if per_cycle else take(caches)))
+      cache = None if caches is None else (caches[r] if per_cycle else take(caches))
+      x, c = cycle(x, params, cache)
       outs.append(c)
     if caches is None:
       return x, None
