@@ -81,6 +81,12 @@ def _online_lse(h: Array, blocks: Array, offsets: Array, v: int, targets: Array 
 # --- Chosen-token log-probs and entropy. ---
 
 
+def _logits_cotangent(onehot, p, ent_term, g_lp, g_ent):
+  """dz of one logits tile from the log-prob and entropy cotangents (module docstring),
+  materialised before the kernel-gradient matmul (see `layers.linear`: no transposing fusion)."""
+  return jax.lax.optimization_barrier(g_lp[:, None] * (onehot - p) - g_ent[:, None] * ent_term)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _logprobs_entropy(h, kernel, targets, token_chunk, vocab_chunk):
   out, _ = _logprobs_entropy_fwd(h, kernel, targets, token_chunk, vocab_chunk)
@@ -119,8 +125,7 @@ def _logprobs_entropy_bwd(token_chunk, vocab_chunk, res, cotangents):
       p = jnp.where(valid[None, :], jnp.exp(logp), 0.0)
       onehot = (cols[None, :] == yc[:, None]).astype(jnp.float32)
       ent_term = jnp.where(valid[None, :], p * (logp + ent_c[:, None]), 0.0)
-      dz = glp_c[:, None] * (onehot - p) - gent_c[:, None] * ent_term
-      dz = jax.lax.optimization_barrier(dz)   # see `layers.linear`: no transposing fusion
+      dz = _logits_cotangent(onehot, p, ent_term, glp_c, gent_c)
       dh = dh + jnp.dot(dz, w.T.astype(jnp.float32))
       dw = dw + jnp.dot(hc.T.astype(jnp.float32), dz)
       return dh, dw
@@ -179,8 +184,7 @@ def _logprobs_entropy_kept_bwd(token_chunk, res, cotangents):
     logp = zc - lse_c[:, None]
     p = jnp.exp(logp)
     onehot = (jnp.arange(v, dtype=jnp.int32)[None, :] == yc[:, None]).astype(jnp.float32)
-    dz = glp_c[:, None] * (onehot - p) - gent_c[:, None] * (p * (logp + ent_c[:, None]))
-    dz = jax.lax.optimization_barrier(dz)   # see `layers.linear`: no transposing fusion
+    dz = _logits_cotangent(onehot, p, p * (logp + ent_c[:, None]), glp_c, gent_c)
     dh = jnp.dot(dz, kernel.T.astype(jnp.float32))
     return dw + jnp.dot(hc.T.astype(jnp.float32), dz), dh
 

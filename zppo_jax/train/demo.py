@@ -48,7 +48,8 @@ def model_config(config, role: str, vocab_size: int):
       linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=hidden // 4,
       linear_value_head_dim=hidden // 4, linear_conv_kernel_dim=4, rope_theta=10_000.0,
       partial_rotary_factor=0.25, mrope_section=_mrope(hidden // 4), tie_word_embeddings=True,
-      gdn_chunk_size=32, scan_layers=bool(config.student.scan_layers))
+      gdn_chunk_size=32,
+      scan_layers=bool(config.student.scan_layers))   # both warm starts train like the student
 
 
 def vision_config(config, text_cfg):
