@@ -42,10 +42,10 @@ def demo_fields() -> ml_collections.ConfigDict:
   d.sft_examples_per_level = 2000
   d.practice_examples = 3000  # BCQ / NCQ practice on level-3-shaped words (letter_code)
   d.student_sft_steps = 500
-  d.teacher_sft_steps = 200   # SFT loss 0.003 at 200 steps (bench/RESULTS.md)
+  d.teacher_sft_steps = 400
   d.student_sft_batch = 32   # examples per SFT step
   d.teacher_sft_batch = 32
-  d.sft_row_len = 1024       # packed SFT rows (several BCQ practice prompts per row)
+  d.sft_row_len = 512        # packed SFT rows (the longest practice prompt is ~330 tokens)
   d.sft_lr = 3e-3
   # The visual variant (`configs/demo.py:visual`): "what is the sum of the digits in the image?"
   # on rendered digits; student and teacher are multimodal with a tiny vision tower.
@@ -99,6 +99,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # models, and every hard question of a step may get its BCQ and NCQ (the paper's rho_aug = 0.25
   # of a 384-prompt batch leaves 96 slots; of the demo's 16 prompts it would leave 4).
   c.optim.lr = 1e-3
+  # At this rate Adam's first updates (each parameter moved by about lr) shake a tiny model hard
+  # enough to scramble what it knows; a short warm-up keeps the start of the run about RL.
+  c.optim.warmup_steps = 10
   c.rl.aug_ratio = 1.0
   c.optim.state_dtype = "float32"
   c.demo.cache_dir = "runs/.demo_cache"

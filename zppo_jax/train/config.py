@@ -166,6 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-6
+  c.optim.warmup_steps = 0        # linear warm-up over this many optimizer updates (paper: none)
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8

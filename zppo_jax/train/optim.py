@@ -58,17 +58,20 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
 def make_optimizer(learning_rate: float = 1e-6, *, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0,
-                   state_dtype: str = "float32") -> optax.GradientTransformation:
-  """Clip by global norm → Adam direction → decoupled weight decay → scale by −lr (constant).
+                   state_dtype: str = "float32", warmup_steps: int = 0
+                   ) -> optax.GradientTransformation:
+  """Clip by global norm → Adam direction → decoupled weight decay → scale by −lr.
 
   Args:
-    learning_rate: constant learning rate η (1e-6 in the paper, no warm-up).
+    learning_rate: learning rate η (1e-6 in the paper, constant: no warm-up).
     b1: β₁.
     b2: β₂.
     eps: ε added to √v̂.
     weight_decay: λ, decoupled (applied to every parameter, as `torch.optim.AdamW` on all params).
     max_grad_norm: global-norm clip threshold; None disables clipping.
     state_dtype: "float32" or "bfloat16" storage of both Adam moments.
+    warmup_steps: the first this many updates scale η linearly, η·k/warmup_steps for the k-th;
+      0 keeps η constant from the first update.
   """
   if state_dtype not in STATE_DTYPES:
     raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype!r}")
@@ -76,7 +79,11 @@ def make_optimizer(learning_rate: float = 1e-6, *, b1: float = 0.9, b2: float = 
   parts += [scale_by_adam(b1, b2, eps, STATE_DTYPES[state_dtype])]
   if weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(optax.scale(-learning_rate))
+  if warmup_steps > 0:
+    parts.append(optax.scale_by_schedule(
+        lambda count: -learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)))
+  else:
+    parts.append(optax.scale(-learning_rate))
   return optax.chain(*parts)
 
 
@@ -86,7 +93,8 @@ class OptimConfig:
   `OptimConfig(**config.optim)`.
 
   Attributes:
-    lr: η, constant (1e-6, no warm-up).
+    lr: η (1e-6, constant).
+    warmup_steps: linear warm-up of η over this many optimizer updates (0, the paper's: none).
     b1: β₁ (0.9).
     b2: β₂ (0.999).
     eps: ε (1e-8).
@@ -101,6 +109,7 @@ class OptimConfig:
       instead of keeping master copies; `master_dtype` is then unused.
   """
   lr: float = 1e-6
+  warmup_steps: int = 0
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -113,6 +122,8 @@ class OptimConfig:
   def __post_init__(self):
     if self.state_dtype not in STATE_DTYPES:
       raise ValueError(f"optim.state_dtype {self.state_dtype!r} not in {sorted(STATE_DTYPES)}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
     if self.master_dtype not in MASTER_DTYPES:
       raise ValueError(f"optim.master_dtype {self.master_dtype!r} not in {MASTER_DTYPES}")
 
@@ -124,7 +135,7 @@ class OptimConfig:
   def optimizer(self) -> optax.GradientTransformation:
     return make_optimizer(self.lr, b1=self.b1, b2=self.b2, eps=self.eps,
                           weight_decay=self.weight_decay, max_grad_norm=self.clip_norm or None,
-                          state_dtype=self.state_dtype)
+                          state_dtype=self.state_dtype, warmup_steps=self.warmup_steps)
 
 
 def _narrow(x) -> bool:

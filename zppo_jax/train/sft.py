@@ -56,9 +56,11 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
 
   Args:
     model: the model to train (its parameters are replaced by the trained ones).
-    examples: the pairs; each batch draws `batch_size` of them at random (seeded).
+    examples: the pairs, read in a seeded shuffled order, epoch after epoch.
     steps: optimizer steps.
-    batch_size: examples per step.
+    batch_size: examples per step on average: every step packs a fixed number of rows (one
+      compiled shape), as many as `batch_size` examples of the mean length fill, and takes the
+      next examples of the order while they fit.
     learning_rate: constant AdamW learning rate.
     seed: the example-order seed.
     row_len: tokens per packed row (every example must fit one row).
@@ -78,14 +80,13 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, sft_step = _optimizer_and_step(float(learning_rate), float(weight_decay))
   opt_state = tx.init(params)
-  rng = np.random.default_rng(seed)
+  lengths = [len(p) + len(r) for p, r in examples]
+  rows = max(1, -(-batch_size * sum(lengths) // (len(lengths) * row_len)))
+  order = _ExampleOrder(len(examples), seed)
   losses, t0 = [], time.time()
   for step in range(1, steps + 1):
-    pick = rng.choice(len(examples), size=batch_size, replace=len(examples) < batch_size)
-    # Rows as this batch needs, bucketed to a power of two: a couple of compiled shapes, and a
-    # few long examples in the set do not pad every step.
-    rows = packing.bucket(packing.rows_needed(
-        [len(examples[i][0]) + len(examples[i][1]) for i in pick], row_len))
+    pick = order.take(lambda picked: packing.rows_needed([lengths[i] for i in picked],
+                                                         row_len) <= rows)
     packed = packing.pack([examples[i][0] for i in pick], [examples[i][1] for i in pick],
                           row_len, num_rows=rows)
     batch = {k: jnp.asarray(v) for k, v in packed.arrays().items()
@@ -97,6 +98,27 @@ def train_sft(model: nnx.Module, examples: Sequence[tuple[Sequence[int], Sequenc
             f"({time.time() - t0:.0f}s)", file=stream)
   nnx.update(model, params)
   return losses
+
+
+class _ExampleOrder:
+  """Example indices in a seeded shuffled order, reshuffled every epoch; `take` hands out the
+  longest run of the next ones that a predicate accepts (at least one)."""
+
+  def __init__(self, n: int, seed: int):
+    self._rng = np.random.default_rng(seed)
+    self._n = n
+    self._queue: list[int] = []
+
+  def take(self, fits) -> list[int]:
+    picked: list[int] = []
+    while True:
+      if not self._queue:
+        self._queue = list(self._rng.permutation(self._n))[::-1]
+      if picked and not fits(picked + [self._queue[-1]]):
+        return picked
+      picked.append(self._queue.pop())
+      if len(picked) == self._n:
+        return picked
 
 
 def chat_examples(tokenizer, pairs: Sequence[tuple[str, str]], stop_id: int
