@@ -1,10 +1,11 @@
 """The CPU demo, the default of `zppo train`: ZPPO on a procedurally generated letter code.
 
 Letters stand for digits and a question asks for the number a word spells
-(`zppo_jax/data/letter_code.py`). Levels 1-2 spell common letters; level 3 spells rare letters that
-only the teacher was warm-started on. A tiny Qwen3.5 student (SFT on levels 1-2, plus practice at
-reading BCQ candidates) and a larger tiny teacher (SFT on every level) are built by `zppo sft`,
-cached, then trained with ZPPO for a few steps; held-out accuracy is reported per level.
+(`zppo_jax/data/letter_code.py`). Levels 1-2 spell common letters; a level-3 word has one rare
+letter. A larger tiny teacher (SFT on every level with the code) and a tiny Qwen3.5 student (SFT on
+every level, the rare letters from an outdated code, plus practice at reading BCQ / NCQ prompts)
+are built by `zppo sft`, cached, then the student is trained with ZPPO for 30 steps; held-out
+accuracy is reported per level.
 
   zppo train                                           # ZPPO
   zppo train --config configs/demo.py --config.method=grpo_replay   # the comparison run
@@ -74,7 +75,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = base_config()
   c.demo = demo_fields()
   c.name = "demo"
-  c.total_steps = 20
+  c.total_steps = 30
   c.checkpoint_every = 5
   c.async_checkpointing = True
   c.student.param_dtype = c.student.compute_dtype = "float32"

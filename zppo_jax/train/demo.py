@@ -4,9 +4,10 @@
   tokenizer/   a byte-level BPE tokenizer with the ChatML template (`data.demo_tokenizer`)
   train.jsonl  letter-code questions over `demo.train_levels` (`data.letter_code`)
   eval.jsonl   held-out words of every level (`demo.num_eval` each), `subset` naming the level
-  student/     a small Qwen3.5 warm-started by SFT on the easy levels only (plus BCQ/NCQ prompts
-               of them and BCQ practice with rare letters, so it knows how to read candidates)
-  teacher/     a larger Qwen3.5 warm-started by SFT on every level
+  student/     a small Qwen3.5 warm-started by SFT on every level, the rare letters spelled with an
+               outdated code (`letter_code.outdated`), plus BCQ / NCQ prompts of the common
+               levels and BCQ / NCQ practice on level-3-shaped words with made-up rare digits
+  teacher/     a larger Qwen3.5 warm-started by SFT on every level with the code
 and points the config's student, teacher, tokenizer and data paths at them. A second run finds the
 cache and starts at the RL phase.
 
