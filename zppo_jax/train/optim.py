@@ -79,9 +79,9 @@ def make_optimizer(learning_rate: float = 1e-6, *, b1: float = 0.9, b2: float = 
   parts += [scale_by_adam(b1, b2, eps, STATE_DTYPES[state_dtype])]
   if weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay))
-  if warmup_steps > 0:
-    parts.append(optax.scale_by_schedule(
-        lambda count: -learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)))
+  if warmup_steps > 0:   # η/W at the first update, η from the W-th on
+    parts.append(optax.scale_by_learning_rate(optax.linear_schedule(
+        learning_rate / warmup_steps, learning_rate, transition_steps=warmup_steps - 1)))
   else:
     parts.append(optax.scale(-learning_rate))
   return optax.chain(*parts)
