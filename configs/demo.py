@@ -83,9 +83,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.teacher.param_dtype = c.teacher.compute_dtype = "float32"
   c.teacher.device_fraction = 0.0
   c.data.max_prompt_tokens = 128
-  # The longest demo sequence (an NCQ prompt with its candidates, plus the response) is ~370
-  # tokens; 512-token rows make the update's attention ~20% cheaper per token than 1024 (a
-  # longer sequence gets longer rows for that step, never an error).
+  # Demo sequences (an augmented prompt with its candidates, plus the response) fit 512 tokens;
+  # 512-token rows make the update's attention ~20% cheaper per token than 1024 (a longer
+  # sequence gets longer rows for that step, never an error).
   c.rl.pack_row_len = 512
   c.rl.batch_prompts = 16
   c.rl.group_size = 8
