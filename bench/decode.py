@@ -8,7 +8,8 @@ and saved; ours is loaded from that directory. Warm-ups first, then the median o
 alternated so a noisy neighbour hurts both alike.
 
 Also printed: ms per decode step (prefill timed on its own and subtracted), and the fraction of
-the CPU's own f32 matmul FLOP/s (a 2048 x 2048 `jnp.dot` in the same run) the decode steps reach.
+the CPU's own f32 matmul FLOP/s (a 2048 x 2048 `jnp.dot` in the same run) the decode steps reach,
+and what one step's matmuls take when each is timed alone (`ceiling.py`).
 
 Run: python bench/decode.py [--prompts 8] [--samples 8] [--prompt-len 64] [--new 128]
 The last line is the headline: `decode: ours X tok/s, transformers Y tok/s, ratio Z`.
@@ -29,8 +30,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import ceiling  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 from forward import matmul_flops_per_second, reference_model  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
+from zppo_jax.models.qwen3_5.cache import init_cache  # noqa: E402
 from zppo_jax.models.qwen3_5.config import ModelConfig  # noqa: E402
 from zppo_jax.sampling import Sampler, SamplingParams  # noqa: E402
 from zppo_jax.sampling import loop as rollout  # noqa: E402
@@ -60,6 +65,21 @@ def decode_step_flops(cfg: ModelConfig, rows: int, keys: float) -> float:
       extra += 2 * 2 * cfg.linear_num_value_heads * cfg.linear_key_head_dim * (
           cfg.linear_value_head_dim)
   return rows * (2.0 * matmul_params + extra)
+
+
+def step_matmul_bound(model, rows: int, cache_len: int) -> ceiling.Bound:
+  """The matmuls of one decode step (a cached one-token forward and the LM head over `rows`
+  rows), each timed alone."""
+  graphdef, state = nnx.split(model)
+
+  def one_step(state, ids, cache):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model.forward(input_ids=ids, cache=cache)
+    return model.logits(hidden)
+
+  ids = jnp.zeros((rows, 1), jnp.int32)
+  return ceiling.matmul_bound(jax.make_jaxpr(one_step)(state, ids,
+                                                       init_cache(model.cfg, rows, cache_len)))
 
 
 def _timed(fn):
@@ -120,6 +140,9 @@ def main():
     ref_times.append(_timed(run_reference))
     ref_prefill.append(_timed(lambda: run_reference(1)))
   peak = matmul_flops_per_second()
+  # The sampler's cache: prompt width and new-token capacity rounded up to powers of two (>= 16).
+  bucket = lambda n: max(16, 1 << (n - 1).bit_length())
+  bound = step_matmul_bound(ours, rows, bucket(args.prompt_len) + bucket(args.new))
 
   assert rollout.decode._cache_size() == 2, "the timed runs recompiled the decode loop"
   tokens = rows * args.new
@@ -138,6 +161,9 @@ def main():
           f"+ 1 token {first * 1e3:.0f} ms, {step * 1e3:.1f} ms per decode step, "
           f"{flops / steps / step / 1e9:.1f} GFLOP/s = {flops / steps / step / peak:.2f} of matmul "
           "peak")
+    if name == "ours":
+      print(f"context: {ceiling.describe(bound.seconds, bound.flops, step, peak)} (per decode "
+            "step)")
   ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
   print(f"decode: ours {tokens / ours_s:.0f} tok/s, transformers {tokens / ref_s:.0f} tok/s, "
         f"ratio {ref_s / ours_s:.2f}")

@@ -4,8 +4,10 @@ Builds the bench-small model (shared/BENCH.md) in transformers from a seed, save
 our loader, and times a batch 4 x 512 forward pass (logits included) of both in the same process
 with the same thread count: warm-ups first, then the median of repeats, alternating the two so
 that a noisy neighbour hurts both alike. For context on a shared machine it also prints the ratio
-of the fastest runs, the median of per-repeat paired ratios and the CPU time per forward. Also reports the fraction of the CPU's own f32 matmul
-FLOP/s (a 2048 x 2048 `jnp.dot`, measured in the same run) that the model's FLOPs reach.
+of the fastest runs, the median of per-repeat paired ratios and the CPU time per forward. Also reports
+the fraction of the CPU's own f32 matmul FLOP/s (a 2048 x 2048 `jnp.dot`, measured in the same run)
+that the model's FLOPs reach, and the time the forward's own matmuls take when each is timed alone
+(`ceiling.py`): the bound the forward cannot beat with these kernels.
 
 Run: python bench/forward.py [--batch 4] [--length 512] [--repeats 5]
 The last line is the headline: `forward: ours X tok/s, transformers Y tok/s, ratio Z`.
@@ -27,6 +29,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import ceiling  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 from zppo_jax.models.qwen3_5.config import ModelConfig  # noqa: E402
 
@@ -129,6 +132,7 @@ def main():
       times.append(time.perf_counter() - start)
       cpu.append(time.process_time() - start_cpu)
   peak = matmul_flops_per_second()
+  bound = ceiling.matmul_bound(jax.make_jaxpr(forward)(state, ids_jax))
   tokens = args.batch * args.length
   flops = model_flops(cfg, args.batch, args.length)
   ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
@@ -144,6 +148,7 @@ def main():
   print(f"context: fastest runs ours {min(ours_times):.2f} s, transformers {min(ref_times):.2f} s "
         f"(ratio {min(ref_times) / min(ours_times):.2f}); median of per-repeat paired ratios "
         f"{paired:.2f}")
+  print(f"context: {ceiling.describe(bound.seconds, bound.flops, ours_s, peak)}")
   # CPU seconds used per forward (all threads) hardly depend on neighbours' load.
   print(f"context: CPU time per forward (median) ours {statistics.median(ours_cpu):.2f} s, "
         f"transformers {statistics.median(ref_cpu):.2f} s (ratio "

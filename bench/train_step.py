@@ -11,7 +11,8 @@ loaded by our loader). Warm-ups first, then the median of repeats, alternating t
 
 FLOPs of a step are taken as 3x the forward FLOPs of the model's formula (forward + backward,
 useful work only, rematerialisation not counted), divided by the CPU's own f32 matmul rate measured
-in the same run.
+in the same run. Also printed: what the step's matmuls (forward and backward) take when each is
+timed alone (`ceiling.py`), the bound the step cannot beat with these kernels.
 
 Run: python bench/train_step.py [--batch 4] [--length 512] [--repeats 5] [--remat none]
      [--scan-layers 0]
@@ -34,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import ceiling  # noqa: E402
 from forward import matmul_flops_per_second, model_flops, reference_model  # noqa: E402
 from zppo_jax.models import qwen3_5  # noqa: E402
 from zppo_jax.train import learner as learner_lib  # noqa: E402
@@ -127,6 +129,7 @@ def main():
       fn()
       times.append(time.perf_counter() - start)
   peak = matmul_flops_per_second()
+  bound = ceiling.matmul_bound(learner.trace_update(batch).jaxpr)
   tokens = args.batch * args.length
   flops = 3.0 * model_flops(cfg, args.batch, args.length)
   ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
@@ -139,6 +142,7 @@ def main():
   for name, seconds, times in (("ours", ours_s, ours_times), ("transformers", ref_s, ref_times)):
     print(f"{name}: median {seconds * 1e3:.0f} ms (runs {', '.join(f'{t:.2f}' for t in times)} s)"
           f", {flops / seconds / 1e9:.1f} GFLOP/s = {flops / seconds / peak:.2f} of matmul peak")
+  print(f"context: {ceiling.describe(bound.seconds, bound.flops, ours_s, peak)}")
   print(f"train_step: ours {tokens / ours_s:.0f} tok/s, transformers {tokens / ref_s:.0f} tok/s, "
         f"ratio {ref_s / ours_s:.2f}")
 

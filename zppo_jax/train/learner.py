@@ -230,6 +230,12 @@ class Learner:
     with self._context():
       return self._update.lower(self.state, batch)
 
+  def trace_update(self, batch: Batch):
+    """The jitted policy update traced for `self.state` and `batch` (as for `lower_update`); its
+    `.jaxpr` is the update's program (e.g. for counting its matmuls)."""
+    with self._context():
+      return self._update.trace(self.state, batch)
+
   # --- Set-up helpers. ---
 
   def _init_state(self, params) -> TrainState:
