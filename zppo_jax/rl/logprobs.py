@@ -147,50 +147,39 @@ _logprobs_entropy.defvjp(_logprobs_entropy_fwd, _logprobs_entropy_bwd)
 # --- The same with the logits kept for the backward pass (when they are small enough). ---
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _logprobs_entropy_kept(h, kernel, targets, token_chunk):
-  out, _ = _logprobs_entropy_kept_fwd(h, kernel, targets, token_chunk)
+@jax.custom_vjp
+def _logprobs_entropy_kept(h, kernel, targets):
+  out, _ = _logprobs_entropy_kept_fwd(h, kernel, targets)
   return out
 
 
-def _logprobs_entropy_kept_fwd(h, kernel, targets, token_chunk):
-  """One [chunk, V] logits block per token chunk, kept as a residual: the backward pass reads
-  them instead of recomputing the LM-head matmul (a quarter of its FLOPs)."""
-  n = h.shape[0]
-
-  def per_chunk(_, inp):
-    hc, yc = inp
-    z = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
-    lse = jax.nn.logsumexp(z, axis=-1)
-    p = jnp.exp(z - lse[:, None])
-    ent = lse - jnp.sum(p * z, axis=-1)
-    zy = jnp.take_along_axis(z, yc[:, None], axis=-1)[:, 0]
-    return None, (zy - lse, ent, lse, z)
-
-  _, (lp, ent, lse, z) = jax.lax.scan(
-      per_chunk, None, (_token_chunks(h, token_chunk), _token_chunks(targets, token_chunk)))
-  lp, ent_flat, lse = (x.reshape(-1)[:n] for x in (lp, ent, lse))
-  return (lp, ent_flat), (h, kernel, targets, lse, ent_flat, z)
+def _logprobs_entropy_kept_fwd(h, kernel, targets):
+  """All [N, V] logits in one matmul, kept as a residual: the backward pass reads them instead of
+  recomputing the LM-head matmul (a quarter of its FLOPs). They are all live anyway, so nothing is
+  scanned: a scan's stacked output would be zero-filled and copied, and each row's logits are the
+  same bits whatever the number of rows in the matmul."""
+  z = jnp.dot(h, kernel, preferred_element_type=jnp.float32)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  p = jnp.exp(z - lse[:, None])
+  ent = lse - jnp.sum(p * z, axis=-1)
+  zy = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
+  return (zy - lse, ent), (h, kernel, targets, lse, ent, z)
 
 
-def _logprobs_entropy_kept_bwd(token_chunk, res, cotangents):
+def _logprobs_entropy_kept_bwd(res, cotangents):
+  """One logits cotangent for all N tokens (the size of the kept logits, whose buffer it may
+  reuse), then the two gradient matmuls over all of them: the kernel gradient's contraction over
+  N tokens runs about twice as fast as the same sum over token chunks."""
   h, kernel, targets, lse, ent, z = res
   g_lp, g_ent = cotangents
-  v = kernel.shape[1]
-  chunked = [_token_chunks(x, token_chunk) for x in (h, targets, lse, ent, g_lp, g_ent)]
-
-  def per_chunk(dw, inp):
-    hc, yc, lse_c, ent_c, glp_c, gent_c, zc = inp
-    logp = zc - lse_c[:, None]
-    p = jnp.exp(logp)
-    onehot = (jnp.arange(v, dtype=jnp.int32)[None, :] == yc[:, None]).astype(jnp.float32)
-    dz = _logits_cotangent(onehot, p, p * (logp + ent_c[:, None]), glp_c, gent_c)
-    dh = jnp.dot(dz, kernel.T.astype(jnp.float32))
-    return dw + jnp.dot(hc.T.astype(jnp.float32), dz), dh
-
-  dw, dh = jax.lax.scan(per_chunk, jnp.zeros(kernel.shape, jnp.float32), (*chunked, z))
-  dh = dh.reshape(-1, h.shape[1])[:h.shape[0]].astype(h.dtype)
-  return dh, dw.astype(kernel.dtype), None
+  logp = z - lse[:, None]
+  p = jnp.exp(logp)
+  onehot = (jnp.arange(kernel.shape[1], dtype=jnp.int32)[None, :] == targets[:, None]
+            ).astype(jnp.float32)
+  dz = _logits_cotangent(onehot, p, p * (logp + ent[:, None]), g_lp, g_ent)
+  dh = jnp.dot(dz, kernel.T.astype(jnp.float32)).astype(h.dtype)
+  dw = jnp.dot(h.T.astype(jnp.float32), dz).astype(kernel.dtype)
+  return dh, dw, None
 
 
 _logprobs_entropy_kept.defvjp(_logprobs_entropy_kept_fwd, _logprobs_entropy_kept_bwd)
@@ -209,7 +198,8 @@ def chunked_logprobs(hidden: Array, kernel: Array, targets: Array, *, token_chun
     vocab_chunk: vocabulary columns per online-softmax block; None = the whole vocabulary.
     keep_logits_bytes: when the fp32 logits of all B·T tokens take at most this many bytes (and
       the vocabulary is not chunked), they are kept for the backward pass instead of recomputed
-      (same values; one LM-head matmul fewer, B·T·V·4 bytes more live memory). 0: never.
+      (same values; one LM-head matmul fewer, B·T·V·4 bytes more live memory, and as much again
+      for their cotangent during the backward pass). 0: never.
 
   Returns:
     (logprobs float32[B, T], entropy float32[B, T]); both differentiable w.r.t. hidden and kernel.
@@ -219,10 +209,9 @@ def chunked_logprobs(hidden: Array, kernel: Array, targets: Array, *, token_chun
     raise ValueError(f"kernel must be [D={d}, V], got {kernel.shape}")
   vocab_chunk = min(vocab_chunk or kernel.shape[1], kernel.shape[1])
   token_chunk = min(token_chunk, b * t)
-  padded = -(-b * t // token_chunk) * token_chunk
-  if vocab_chunk == kernel.shape[1] and padded * kernel.shape[1] * 4 <= keep_logits_bytes:
+  if vocab_chunk == kernel.shape[1] and b * t * kernel.shape[1] * 4 <= keep_logits_bytes:
     lp, ent = _logprobs_entropy_kept(hidden.reshape(b * t, d), kernel,
-                                     targets.reshape(b * t).astype(jnp.int32), token_chunk)
+                                     targets.reshape(b * t).astype(jnp.int32))
     return lp.reshape(b, t), ent.reshape(b, t)
   lp, ent = _logprobs_entropy(hidden.reshape(b * t, d), kernel,
                               targets.reshape(b * t).astype(jnp.int32), token_chunk, vocab_chunk)
