@@ -113,13 +113,18 @@ def time_dot(spec, calls: int = 8, repeats: int = 3) -> float:
       return a.at[corner].add((out.reshape(-1)[0] * 0).astype(a.dtype))
     return jax.lax.fori_loop(0, calls, body, a)
 
-  run(a, b).block_until_ready()
+  return median_seconds(run, a, b, repeats=repeats) / calls
+
+
+def median_seconds(fn: Callable, *args, repeats: int = 3) -> float:
+  """Median wall time of `fn(*args)` (a jitted function) over repeats, after one warm-up call."""
+  fn(*args).block_until_ready()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    run(a, b).block_until_ready()
+    fn(*args).block_until_ready()
     times.append(time.perf_counter() - start)
-  return statistics.median(times) / calls
+  return statistics.median(times)
 
 
 def matmul_bound(jaxpr) -> Bound:

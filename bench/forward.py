@@ -66,14 +66,7 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
   """The CPU's f32 matmul rate: median over repeats of a size x size `jnp.dot`."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2.0 * size**3 / statistics.median(times)
+  return 2.0 * size**3 / ceiling.median_seconds(jax.jit(jnp.dot), a, b, repeats=repeats)
 
 
 def reference_model(cfg: ModelConfig) -> transformers.Qwen3_5ForCausalLM:
