@@ -75,9 +75,10 @@ class LearnerConfig:
       log-probs are recomputed; None disables it.
     token_chunk: tokens per chunk of the LM-head scan (`rl.logprobs`).
     vocab_chunk: vocabulary columns per online-softmax block; None = whole vocabulary.
-    keep_logits_mib: a micro-batch whose fp32 logits take at most this many MiB keeps them from
-      the forward pass for the backward one (one LM-head matmul fewer); larger ones recompute them
-      chunk by chunk. 0: always recompute.
+    keep_logits_mib: a micro-batch whose fp32 logits take at most this many MiB computes them in
+      one matmul and keeps them from the forward pass for the backward one (one LM-head matmul
+      fewer; their cotangent takes as much again during the backward pass); larger ones are
+      scanned and recomputed chunk by chunk. 0: always recompute.
     optim: the optimizer (`optim.OptimConfig`, the run config's `optim` group).
   """
   micro_batch_rows: int = 0
