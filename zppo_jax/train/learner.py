@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from zppo_jax import parallel
+from zppo_jax import distributed, parallel
 from zppo_jax.rl import logprobs as logprobs_lib
 from zppo_jax.rl import losses
 from zppo_jax.train import optim
@@ -426,7 +426,9 @@ class Learner:
     rows = {k: np.concatenate([mb[k] for mb in minibatches], axis=1 if k == "positions" else 0)
             for k in keys}
     sizes = [mb["tokens"].shape[0] for mb in minibatches]
-    return np.split(np.asarray(self.logprobs(rows)), np.cumsum(sizes)[:-1])
+    # Gathered from every process: on a multi-process mesh the rows may come back split over
+    # the processes' devices.
+    return np.split(distributed.to_host(self.logprobs(rows)), np.cumsum(sizes)[:-1])
 
   def update(self, minibatch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """One AdamW update on the policy loss of one mini-batch (skipped when not finite).
