@@ -39,6 +39,7 @@ from zppo_jax.models.qwen3_5.cache import init_cache  # noqa: E402
 from zppo_jax.models.qwen3_5.config import ModelConfig  # noqa: E402
 from zppo_jax.sampling import Sampler, SamplingParams  # noqa: E402
 from zppo_jax.sampling import loop as rollout  # noqa: E402
+from zppo_jax.sampling import sampler as sampler_lib  # noqa: E402
 
 THREADS = 2
 
@@ -140,9 +141,9 @@ def main():
     ref_times.append(_timed(run_reference))
     ref_prefill.append(_timed(lambda: run_reference(1)))
   peak = matmul_flops_per_second()
-  # The sampler's cache: prompt width and new-token capacity rounded up to powers of two (>= 16).
-  bucket = lambda n: max(16, 1 << (n - 1).bit_length())
-  bound = step_matmul_bound(ours, rows, bucket(args.prompt_len) + bucket(args.new))
+  # The sampler's cache: prompt width and new-token capacity in its power-of-two buckets.
+  bound = step_matmul_bound(ours, rows, sampler_lib._bucket(args.prompt_len)
+                            + sampler_lib._bucket(args.new))
 
   assert rollout.decode._cache_size() == 2, "the timed runs recompiled the decode loop"
   tokens = rows * args.new
